@@ -248,6 +248,16 @@ class LogEntry(_message.Message):
     time: str
     def __init__(self, stream: _Optional[str] = ..., data: _Optional[bytes] = ..., time: _Optional[str] = ...) -> None: ...
 
+class RunOutput(_message.Message):
+    __slots__ = ("container", "log", "exit")
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    EXIT_FIELD_NUMBER: _ClassVar[int]
+    container: Container
+    log: LogEntry
+    exit: WaitResponse
+    def __init__(self, container: _Optional[_Union[Container, _Mapping]] = ..., log: _Optional[_Union[LogEntry, _Mapping]] = ..., exit: _Optional[_Union[WaitResponse, _Mapping]] = ...) -> None: ...
+
 class ExecStart(_message.Message):
     __slots__ = ("container", "args", "env", "user", "workdir", "stdin")
     CONTAINER_FIELD_NUMBER: _ClassVar[int]

@@ -45,6 +45,11 @@ class EngineStub:
                 request_serializer=engine__pb2.CreateContainerRequest.SerializeToString,
                 response_deserializer=engine__pb2.Container.FromString,
                 _registered_method=True)
+        self.RunContainer = channel.unary_stream(
+                '/pyswarm.engine.v1.Engine/RunContainer',
+                request_serializer=engine__pb2.CreateContainerRequest.SerializeToString,
+                response_deserializer=engine__pb2.RunOutput.FromString,
+                _registered_method=True)
         self.ListContainers = channel.unary_unary(
                 '/pyswarm.engine.v1.Engine/ListContainers',
                 request_serializer=engine__pb2.ListContainersRequest.SerializeToString,
@@ -167,6 +172,17 @@ class EngineServicer:
         """CreateContainer creates a container and starts it (docker run). It returns once the
         container's process has been exec'd, or fails leaving nothing behind: no mount,
         cgroup, veth, nftables rule or container record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunContainer(self, request, context):
+        """RunContainer creates and starts a container like CreateContainer, then streams its
+        output until it exits and ends with how it exited (docker run without -d). The first
+        message carries the container, so a client that is interrupted can still stop it.
+        Output is read from the first byte: nothing the container prints before the client
+        is ready is lost, even when it exits at once and is removed (--rm).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -330,6 +346,11 @@ def add_EngineServicer_to_server(servicer, server):
                     request_deserializer=engine__pb2.CreateContainerRequest.FromString,
                     response_serializer=engine__pb2.Container.SerializeToString,
             ),
+            'RunContainer': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunContainer,
+                    request_deserializer=engine__pb2.CreateContainerRequest.FromString,
+                    response_serializer=engine__pb2.RunOutput.SerializeToString,
+            ),
             'ListContainers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListContainers,
                     request_deserializer=engine__pb2.ListContainersRequest.FromString,
@@ -491,6 +512,33 @@ class Engine:
             '/pyswarm.engine.v1.Engine/CreateContainer',
             engine__pb2.CreateContainerRequest.SerializeToString,
             engine__pb2.Container.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pyswarm.engine.v1.Engine/RunContainer',
+            engine__pb2.CreateContainerRequest.SerializeToString,
+            engine__pb2.RunOutput.FromString,
             options,
             channel_credentials,
             insecure,
