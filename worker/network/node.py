@@ -1,0 +1,356 @@
+"""The node's container network: one bridge, a veth per container, NAT and published ports.
+
+::
+
+      host processes ─┐            other machines / namespaces
+      (127.0.0.1,     │                    │ eth0 / any link
+       node addrs)    │                    │
+                ┌─────▼────────────────────▼───────────────────────────────────┐
+                │ nft table ip <cfg.nft_table>                                 │
+                │  output      (nat)  fib daddr type local ─┐                  │
+                │  prerouting  (nat)  fib daddr type local ─┴─► ports: DNAT    │
+                │  forward  (filter)  iif/oif bridge accept                    │
+                │  postrouting (nat)  masquerade: subnet out ≠ bridge (egress) │
+                │                     127/8 → bridge, hairpin                  │
+                └──────────────────────────┬───────────────────────────────────┘
+                          <cfg.bridge>  10.213.0.1/16 (gateway, route_localnet=1)
+                        ┌────────┴────────┐
+                  psw<id[:8]>        psw<id[:8]>          veth pairs, host side
+                  ───────────        ───────────
+                     eth0               eth0              container side, in the netns
+                  10.213.0.2         10.213.0.3           bind-mounted at
+                                                           <cfg.network_dir>/netns/<id[:12]>
+
+Why the two loopback knobs: a host process connecting to 127.0.0.1:<published> is DNAT'ed in
+``output`` and re-routed out of the bridge still carrying source 127.0.0.1. The kernel calls
+such a packet a martian unless ``route_localnet=1`` is set on the interface it leaves by and
+whose answers arrive on, the bridge (that is the interface that matters, not ``lo``); and the
+container could not answer 127.0.0.1 anyway, so ``postrouting`` masquerades 127/8 going to the
+bridge into the gateway address.
+
+State: the IPAM file and the namespace files live under ``cfg.network_dir`` (a run folder),
+published ports in the kernel's nft rules; the veth name and MAC derive from the id and the
+address. So a restarted daemon finds every attachment and published port of the containers
+that kept running, and ``attach`` of an attached id returns what exists.
+
+Threads: netlink work runs on one dedicated thread (netns.py), which may step into container
+namespaces; nothing forks. Public methods are safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import re
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyswarm.common.errors import Conflict, InvalidArgument, RuntimeFailure
+from pyswarm.common.paths import EngineConfig
+from pyswarm.worker.network import firewall, links, netns, rules
+from pyswarm.worker.network.ipam import IpamStore, gateway_of
+from pyswarm.worker.network.nft import Nft
+from pyswarm.worker.network.ports import PortBinding
+
+_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]{0,127}")
+_IFNAME = re.compile(r"[0-9A-Za-z_.-]{1,15}")
+# Random host ports come from the kernel's ephemeral range; retry when it offers one that an
+# existing rule already claims (the kernel knows nothing of DNAT rules).
+_PICK_ATTEMPTS = 32
+
+
+@dataclass(frozen=True)
+class Attachment:
+    netns_path: str
+    ip: str
+    prefixlen: int
+    gateway: str
+    mac: str
+    veth_host: str
+
+
+def veth_name(container_id: str) -> str:
+    return "psw" + container_id[:8]
+
+
+class NodeNetwork:
+    def __init__(self, cfg: EngineConfig) -> None:
+        if not _IFNAME.fullmatch(cfg.bridge):
+            raise InvalidArgument(f"invalid bridge name {cfg.bridge!r}: 1-15 of [A-Za-z0-9_.-]")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", cfg.nft_table):
+            raise InvalidArgument(f"invalid nftables table name {cfg.nft_table!r}")
+        self.cfg = cfg
+        self.gateway = gateway_of(cfg.subnet)
+        self.netns_dir = cfg.network_dir / "netns"
+        self.ipam = IpamStore(cfg.network_dir, cfg.subnet)
+        self._nft = Nft()
+        self._lock = threading.RLock()  # one change of links, leases or rules at a time
+        self._thread: netns.NetnsThread | None = None
+        self._host: IPRoute | None = None  # used on the netns thread only
+        self._bridge_index = 0
+        self._reaper: links.LinkReaper | None = None
+
+    # ---- node-wide -------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Create (or check) the bridge, sysctls, the nft table and the namespace folder."""
+        with self._lock:
+            thread = self._ensure_thread()
+            self._bridge_index = thread.call(links.ensure_bridge, self._ipr(), self.cfg.bridge,
+                                             self.gateway)
+            _sysctl("net/ipv4/ip_forward", "1")
+            _sysctl(f"net/ipv4/conf/{self.cfg.bridge}/route_localnet", "1")
+            netns.prepare_dir(self.netns_dir)
+            self._nft.run(rules.base_script(self.cfg.nft_table, self.cfg.bridge, self.cfg.subnet))
+            firewall.install(self.cfg.bridge)
+
+    def teardown(self) -> None:
+        """Remove everything of this config: attachments, bridge, nft table, accept rules."""
+        with self._lock:
+            ids = set(self.ipam.leases())
+            for path in self.netns_dir.glob("*") if self.netns_dir.is_dir() else []:
+                ids.add(path.name)
+            for container_id in sorted(ids):
+                self.detach(container_id)
+            self.settle()
+            if self._thread is not None or _link_exists(self.cfg.bridge):
+                thread = self._ensure_thread()
+                thread.call(self._remove_bridge)
+            self._nft.run(rules.delete_table_script(self.cfg.nft_table))
+            firewall.remove(self.cfg.bridge)
+            if self.netns_dir.is_dir():
+                netns.remove_dir(self.netns_dir)
+            for name in ("ipam.json", "ipam.lock"):
+                (self.cfg.network_dir / name).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Stop the netns thread (the kernel state stays)."""
+        with self._lock:
+            if self._thread is not None:
+                if self._host is not None:
+                    self._thread.call(self._host.close)
+                self._thread.close()
+            if self._reaper is not None:
+                self._reaper.close()
+            self._thread, self._host, self._reaper = None, None, None
+
+    # ---- containers ------------------------------------------------------------------
+
+    def attach(self, container_id: str) -> Attachment:
+        """Give the container a namespace with eth0 on the bridge; returns what exists if any."""
+        _check_id(container_id)
+        with self._lock:
+            existing = self.attachment(container_id)
+            if existing is not None:
+                return existing
+            if not self._bridge_index:
+                raise RuntimeFailure("the node network is not set up (call setup() first)")
+            ip = self.ipam.allocate(container_id)
+            att = self._attachment(container_id, ip)
+            address = ipaddress.IPv4Interface(f"{ip}/{att.prefixlen}")
+            thread = self._ensure_thread()
+            if self._reaper is not None:
+                self._reaper.wait(att.veth_host)  # the same id detached a moment ago
+            try:
+                thread.call(links.plumb, thread, self._ipr(), Path(att.netns_path),
+                            att.veth_host, self._bridge_index, address, att.gateway)
+            except Exception as e:
+                self.detach(container_id)
+                if isinstance(e, RuntimeFailure):
+                    raise
+                raise RuntimeFailure(f"cannot attach {container_id[:12]}: {e}") from e
+            return att
+
+    def attachment(self, container_id: str) -> Attachment | None:
+        """The container's attachment if it is complete (namespace mounted and a lease)."""
+        ip = self.ipam.leases().get(container_id)
+        if ip is None or not netns.is_netns(self._netns_path(container_id)):
+            return None
+        return self._attachment(container_id, ip)
+
+    def detach(self, container_id: str) -> None:
+        """Remove the veth, the namespace file, the published ports and the lease. Idempotent."""
+        with self._lock:
+            self.unpublish(container_id)
+            netns.remove(self._netns_path(container_id))
+            if _link_exists(veth_name(container_id)):
+                self._ensure_reaper().delete(veth_name(container_id))
+            self.ipam.release(container_id)
+
+    # ---- published ports -------------------------------------------------------------
+
+    def publish(
+        self, container_id: str, ip: str, bindings: Sequence[PortBinding]
+    ) -> list[PortBinding]:
+        """DNAT host ports to the container, all or none; host_port 0 is filled in."""
+        _check_id(container_id)
+        with self._lock:
+            claimed = [(r.container_id, r.binding) for r in self._port_rules()]
+            done: list[PortBinding] = []
+            new: list[PortBinding] = []
+            for b in bindings:
+                if b.proto not in ("tcp", "udp"):
+                    raise InvalidArgument(f"invalid protocol {b.proto!r}: must be tcp or udp")
+                if (container_id, b) in claimed and b.host_port:
+                    done.append(b)  # already published, unchanged: nothing to add
+                    continue
+                b = self._claim(container_id, b, claimed)
+                claimed.append((container_id, b))
+                done.append(b)
+                new.append(b)
+            if new:
+                table = self.cfg.nft_table
+                self._nft.run("\n".join(rules.port_rule(table, container_id, ip, b) for b in new))
+            return done
+
+    def unpublish(self, container_id: str) -> None:
+        with self._lock:
+            handles = [r.handle for r in self._port_rules() if r.container_id == container_id]
+            if handles:
+                self._nft.run(rules.delete_rules_script(self.cfg.nft_table, handles))
+
+    def published(self) -> dict[str, list[PortBinding]]:
+        found: dict[str, list[PortBinding]] = {}
+        for r in self._port_rules():
+            found.setdefault(r.container_id, []).append(r.binding)
+        return found
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _claim(
+        self, container_id: str, b: PortBinding, claimed: list[tuple[str, PortBinding]]
+    ) -> PortBinding:
+        """Check a requested host port is free, or pick a free one; raise Conflict."""
+        if b.host_port:
+            for owner, other in claimed:
+                if _overlap(b, other):
+                    who = "this container" if owner == container_id else f"container {owner[:12]}"
+                    raise Conflict(f"port {b.host_port}/{b.proto} is already published by {who}")
+            if not _bindable(b):
+                raise Conflict(
+                    f"port {b.host_port}/{b.proto} is already in use on this node"
+                    f"{' at ' + b.host_ip if b.host_ip else ''} by another process"
+                )
+            return b
+        for _ in range(_PICK_ATTEMPTS):
+            port = _free_port(b)
+            candidate = replace(b, host_port=port)
+            if not any(_overlap(candidate, other) for _, other in claimed):
+                return candidate
+        raise Conflict(f"no free host port found for {b.container_port}/{b.proto}")
+
+    def _port_rules(self) -> list[rules.PortRule]:
+        try:
+            objects = self._nft.query(f"list chain ip {self.cfg.nft_table} {rules.PORTS_CHAIN}")
+        except RuntimeFailure:
+            return []  # no table yet (or torn down): nothing is published
+        return rules.parse_port_rules(objects)
+
+    def _attachment(self, container_id: str, ip: str) -> Attachment:
+        return Attachment(
+            netns_path=str(self._netns_path(container_id)),
+            ip=ip,
+            prefixlen=self.gateway.network.prefixlen,
+            gateway=str(self.gateway.ip),
+            mac=links.mac_for(ip),
+            veth_host=veth_name(container_id),
+        )
+
+    def _netns_path(self, container_id: str) -> Path:
+        return self.netns_dir / container_id[:12]
+
+    def _ensure_thread(self) -> netns.NetnsThread:
+        if self._thread is None:
+            self._thread = netns.NetnsThread()
+            # The host socket is opened on the thread while it stands in the host namespace.
+            self._host = self._thread.call(links.open_host_socket)
+        return self._thread
+
+    def _ensure_reaper(self) -> links.LinkReaper:
+        if self._reaper is None:
+            self._reaper = links.LinkReaper()
+        return self._reaper
+
+    def settle(self) -> None:
+        """Wait until the veths of detached containers are gone from the host."""
+        if self._reaper is not None:
+            self._reaper.wait()
+
+    def _ipr(self) -> IPRoute:
+        assert self._host is not None
+        return self._host
+
+    def _remove_bridge(self) -> None:
+        ipr = self._ipr()
+        found = ipr.link_lookup(ifname=self.cfg.bridge)
+        if found:
+            for port in links.ports_of(ipr, found[0]):
+                links.delete_link(ipr, port)
+            links.delete_link(ipr, self.cfg.bridge)
+        self._bridge_index = 0
+
+
+def _check_id(container_id: str) -> None:
+    if not _ID.fullmatch(container_id):
+        raise InvalidArgument(f"invalid container id {container_id!r}")
+
+
+def _overlap(a: PortBinding, b: PortBinding) -> bool:
+    """Two bindings compete for the same packets: same port and protocol, addresses overlap."""
+    return (
+        a.proto == b.proto
+        and a.host_port == b.host_port
+        and (not a.host_ip or not b.host_ip or a.host_ip == b.host_ip)
+    )
+
+
+def _socket_for(b: PortBinding) -> socket.socket:
+    kind = socket.SOCK_STREAM if b.proto == "tcp" else socket.SOCK_DGRAM
+    s = socket.socket(socket.AF_INET, kind)
+    if b.proto == "tcp":
+        # Lets a port held only by TIME_WAIT leftovers pass; a listener still refuses it.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return s
+
+
+def _bindable(b: PortBinding) -> bool:
+    """Whether a host process holds the port (the DNAT rule would shadow it silently)."""
+    with _socket_for(b) as s:
+        try:
+            s.bind((b.host_ip or "0.0.0.0", b.host_port))
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise InvalidArgument(f"{b.host_ip} is not an address of this node") from None
+            raise
+    return True
+
+
+def _free_port(b: PortBinding) -> int:
+    with _socket_for(b) as s:
+        try:
+            s.bind((b.host_ip or "0.0.0.0", 0))
+        except OSError as e:
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise InvalidArgument(f"{b.host_ip} is not an address of this node") from None
+            raise
+        return int(s.getsockname()[1])
+
+
+def _sysctl(key: str, value: str) -> None:
+    path = Path("/proc/sys") / key
+    try:
+        if path.read_text().strip() != value:
+            path.write_text(value)
+    except OSError as e:
+        raise RuntimeFailure(f"cannot set {key.replace('/', '.')}={value}: {e}") from e
+
+
+def _link_exists(name: str) -> bool:
+    return os.path.exists(f"/sys/class/net/{name}")
