@@ -1,0 +1,59 @@
+"""The CLI's connection to the local daemon, and turning its errors into messages.
+
+gRPC is imported here, lazily: commands that do not talk to a daemon (``--help``,
+``daemon``) never pay for it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+
+
+class CLIError(Exception):
+    """An error for the user; ``code`` is the exit status (125 like docker's engine errors)."""
+
+    def __init__(self, message: str, code: int = 125) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def socket_path() -> Path:
+    return Path(os.environ.get("PYSWARM_RUN", "/run/pyswarm")) / "pyswarm.sock"
+
+
+def _not_running() -> CLIError:
+    return CLIError(
+        f"Cannot connect to the pyswarm daemon at unix://{socket_path()}. "
+        f"Is the daemon running?\nStart it with: sudo pyswarm daemon -d"
+    )
+
+
+def connect() -> Any:
+    """An EngineStub on the local daemon's socket."""
+    sock = socket_path()
+    if not sock.exists():
+        raise _not_running()
+    if not os.access(sock, os.R_OK | os.W_OK):
+        raise CLIError(f"permission denied on {sock}: the pyswarm socket is root-only; use sudo")
+    import grpc
+
+    from pyswarm.proto import engine_pb2_grpc
+
+    channel = grpc.insecure_channel(f"unix://{sock}")
+    return engine_pb2_grpc.EngineStub(channel)
+
+
+def explain(exc: Exception) -> CLIError:
+    """A grpc.RpcError as the daemon's message (docker's 'Error response from daemon')."""
+    import grpc
+
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return _not_running()
+        return CLIError(f"Error response from daemon: {exc.details()}")
+    return CLIError(str(exc))

@@ -1,0 +1,181 @@
+"""`pyswarm daemon`: the node daemon process.
+
+Start-up order matters: the runtime's zygote is forked first, while this process still has
+a single thread, because forking a process that runs gRPC's threads is unsafe. Only then are
+gRPC and the asyncio loop started.
+
+The daemon serves the engine API on a root-only Unix socket. Stopping the daemon (SIGTERM,
+or even SIGKILL) never stops containers: their shims own them, and the next daemon re-adopts
+them from the state folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from pyswarm.common.paths import EngineConfig
+
+
+def _lock_pid_file(cfg: EngineConfig) -> int:
+    """One daemon per state folder: a second one refuses to start and says who runs."""
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(cfg.run_dir, 0o700)
+    fd = os.open(cfg.pid_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        other = os.read(fd, 32).decode().strip() or "?"
+        raise SystemExit(
+            f"pyswarm daemon: another daemon (pid {other}) is already running with "
+            f"{cfg.run_dir}; stop it first"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+async def serve(cfg: EngineConfig, runtime: object, cgroup_driver: str) -> None:
+    import grpc
+
+    from pyswarm.proto import engine_pb2_grpc
+    from pyswarm.worker.engine.core import Engine
+    from pyswarm.worker.engine.service import EngineServicer, ExitWatcher
+    from pyswarm.worker.images.store import ImageStore
+    from pyswarm.worker.network.node import NodeNetwork
+
+    engine: Engine | None = None
+    images = ImageStore(cfg.images_dir, in_use=lambda image_id: bool(
+        engine and engine.image_in_use(image_id)))
+    network = NodeNetwork(cfg)
+    await asyncio.to_thread(network.setup)
+    engine = Engine(cfg, runtime, images, network)  # type: ignore[arg-type]
+    running = await asyncio.to_thread(engine.restore)
+    watcher = ExitWatcher(engine)
+    for cid in running:
+        watcher.watch(cid)
+
+    server = grpc.aio.server()
+    engine_pb2_grpc.add_EngineServicer_to_server(
+        EngineServicer(engine, watcher, cgroup_driver), server)
+    sock = cfg.socket_path
+    sock.unlink(missing_ok=True)
+    old_umask = os.umask(0o177)  # the socket is born root-only: no window where others connect
+    try:
+        server.add_insecure_port(f"unix://{sock}")
+        await server.start()
+    finally:
+        os.umask(old_umask)
+    os.chmod(sock, 0o600)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"pyswarm daemon: serving on unix://{sock} (root {cfg.root}, "
+          f"{len(running)} running container(s) re-adopted)", flush=True)
+    await stop.wait()
+    print("pyswarm daemon: shutting down; containers keep running", flush=True)
+    await server.stop(grace=2)
+    sock.unlink(missing_ok=True)
+
+
+def run(cfg: EngineConfig) -> int:
+    if os.geteuid() != 0:
+        print("pyswarm daemon: needs root (namespaces, cgroups, mounts, nftables)",
+              file=sys.stderr)
+        return 1
+    for folder in (cfg.root, cfg.containers_dir, cfg.images_dir, cfg.volumes_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(cfg.root, 0o711)
+    lock_fd = _lock_pid_file(cfg)
+    from pyswarm.worker.runtime.cgroups import detect
+    from pyswarm.worker.runtime.runtime import Runtime
+
+    driver = detect()
+    runtime = Runtime(driver)
+    runtime.start()  # the zygote: before any thread exists
+    try:
+        asyncio.run(serve(cfg, runtime, getattr(driver, "name", type(driver).__name__)))
+    finally:
+        runtime.close()
+        os.close(lock_fd)
+    return 0
+
+
+def detach(cfg: EngineConfig, log_path: Path, timeout: float = 30.0) -> int:
+    """Start the daemon in the background; return once its socket answers (or it failed)."""
+    cfg.root.mkdir(parents=True, exist_ok=True)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the intermediate child: a new session, then the daemon as its child
+        os.close(read_end)
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        os.write(write_end, str(os.getpid()).encode())
+        os.close(write_end)
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.close(null)
+        os._exit(run(cfg))
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    daemon_pid = int(os.read(read_end, 32) or b"0")
+    os.close(read_end)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cfg.socket_path.exists() and _answers(cfg.socket_path):
+            print(f"pyswarm daemon started (pid {daemon_pid}, log {log_path})")
+            return 0
+        try:
+            os.kill(daemon_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+    print(f"pyswarm daemon failed to start; its log ({log_path}) says:\n{tail}", file=sys.stderr)
+    return 1
+
+
+def _answers(sock: Path) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(sock))
+            return True
+        except OSError:
+            return False
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="pyswarm daemon",
+        description="Run the node daemon: the container engine behind the pyswarm CLI. "
+        "Needs root. Containers keep running when the daemon stops or restarts.",
+        epilog="environment: PYSWARM_ROOT (state folder, default /var/lib/pyswarm), "
+        "PYSWARM_RUN (socket folder, default /run/pyswarm), PYSWARM_BRIDGE, PYSWARM_SUBNET, "
+        "PYSWARM_NFT_TABLE",
+    )
+    parser.add_argument("-d", "--detach", action="store_true",
+                        help="run in the background; the log goes to <root>/daemon.log")
+    opts = parser.parse_args(argv)
+    cfg = EngineConfig.from_env()
+    if opts.detach:
+        return detach(cfg, cfg.root / "daemon.log")
+    return run(cfg)
