@@ -7,6 +7,7 @@ serves as an outside destination for the containers' egress NAT.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -177,6 +179,30 @@ def test_state_survives_a_new_instance(net: NodeNetwork, cfg: EngineConfig) -> N
         assert again.published() == {A_ID: [PortBinding(80, 18080)]}
     finally:
         again.close()
+
+
+def test_attach_and_detach_from_many_threads(net: NodeNetwork) -> None:
+    """The daemon calls in from asyncio's thread pool: no forking, no namespace leaks."""
+    ids = [f"{i:02x}" * 32 for i in range(8)]
+    host_ns = os.stat("/proc/thread-self/ns/net").st_ino
+    with ThreadPoolExecutor(8) as pool:
+        attachments = list(pool.map(net.attach, ids))
+    assert len({a.ip for a in attachments}) == 8
+    for att in attachments:
+        assert fetch_raw(att.netns_path, att.gateway, 1) == ""  # runs: eth0 and route exist
+        addrs = sh("nsenter", f"--net={att.netns_path}", "ip", "-4", "-o", "addr").stdout
+        assert f"eth0    inet {att.ip}/24" in addrs
+
+    async def detach_all() -> None:
+        await asyncio.gather(*(asyncio.to_thread(net.detach, i) for i in ids))
+
+    asyncio.run(detach_all())
+    net.settle()
+    assert net.ipam.leases() == {}
+    assert not any(os.path.exists(f"/sys/class/net/{a.veth_host}") for a in attachments)
+    # Every thread of this process, the netns thread included, is back in the host's namespace.
+    threads = {os.stat(f"/proc/self/task/{t}/ns/net").st_ino for t in os.listdir("/proc/self/task")}
+    assert threads == {host_ns}
 
 
 # ---- published ports ----------------------------------------------------------------

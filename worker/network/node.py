@@ -193,9 +193,9 @@ class NodeNetwork:
             claimed = [(r.container_id, r.binding) for r in self._port_rules()]
             done: list[PortBinding] = []
             new: list[PortBinding] = []
+            _check_ip(ip)
             for b in bindings:
-                if b.proto not in ("tcp", "udp"):
-                    raise InvalidArgument(f"invalid protocol {b.proto!r}: must be tcp or udp")
+                _check_binding(b)
                 if (container_id, b) in claimed and b.host_port:
                     done.append(b)  # already published, unchanged: nothing to add
                     continue
@@ -298,6 +298,23 @@ class NodeNetwork:
 def _check_id(container_id: str) -> None:
     if not _ID.fullmatch(container_id):
         raise InvalidArgument(f"invalid container id {container_id!r}")
+
+
+def _check_ip(ip: str) -> None:
+    try:
+        ipaddress.IPv4Address(ip)
+    except ValueError:
+        raise InvalidArgument(f"invalid container address {ip!r}") from None
+
+
+def _check_binding(b: PortBinding) -> None:
+    """Bindings may come from elsewhere than parse_publish: check before they reach nft."""
+    if b.proto not in ("tcp", "udp"):
+        raise InvalidArgument(f"invalid protocol {b.proto!r}: must be tcp or udp")
+    if not 1 <= b.container_port <= 65535 or not 0 <= b.host_port <= 65535:
+        raise InvalidArgument(f"invalid port in {b}: must be 1-65535")
+    if b.host_ip:
+        _check_ip(b.host_ip)
 
 
 def _overlap(a: PortBinding, b: PortBinding) -> bool:
