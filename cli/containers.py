@@ -166,6 +166,8 @@ def _status(c: Any) -> str:
 
 
 def _ports(c: Any) -> str:
+    if c.state != "running":
+        return ""  # an exited container publishes nothing
     return ", ".join(
         f"{p.host_ip or '0.0.0.0'}:{p.host_port}->{p.container_port}/{p.proto}" for p in c.ports
     )

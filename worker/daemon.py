@@ -97,14 +97,14 @@ def run(cfg: EngineConfig) -> int:
         folder.mkdir(parents=True, exist_ok=True)
     os.chmod(cfg.root, 0o711)
     lock_fd = _lock_pid_file(cfg)
-    from pyswarm.worker.runtime.cgroups import detect
+    from pyswarm.worker.runtime.cgroups import V2Driver, detect
     from pyswarm.worker.runtime.runtime import Runtime
 
     driver = detect()
     runtime = Runtime(driver)
     runtime.start()  # the zygote: before any thread exists
     try:
-        asyncio.run(serve(cfg, runtime, getattr(driver, "name", type(driver).__name__)))
+        asyncio.run(serve(cfg, runtime, "v2" if isinstance(driver, V2Driver) else "v1"))
     finally:
         runtime.close()
         os.close(lock_fd)

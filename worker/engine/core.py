@@ -417,8 +417,8 @@ class Engine:
             self.bundle(record.id) / "upper",
             config=config,
             comment=req.comment,
-            author=req.author,
             ref=req.ref or None,
+            created_by=f"commit {record.name}" + (f" by {req.author}" if req.author else ""),
         )
 
     def exec_process(self, start: pb.ExecStart) -> tuple[ContainerRecord, ProcessSpec]:

@@ -87,6 +87,7 @@ class NetnsThread:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pyswarm-netns")
         self._host_fd = self._pool.submit(os.open, "/proc/thread-self/ns/net", os.O_RDONLY).result()
         self._host_ino = os.fstat(self._host_fd).st_ino
+        self.broken = False
 
     @property
     def host_fd(self) -> int:
@@ -94,6 +95,8 @@ class NetnsThread:
         return self._host_fd
 
     def call(self, fn: Callable[..., T], *args: object) -> T:
+        if self.broken:
+            raise RuntimeFailure("the netns thread is stuck in a container namespace")
         return self._pool.submit(self._guarded, fn, *args).result()
 
     def _guarded(self, fn: Callable[..., T], *args: object) -> T:
@@ -101,7 +104,13 @@ class NetnsThread:
             return fn(*args)
         finally:
             if os.stat("/proc/thread-self/ns/net").st_ino != self._host_ino:
-                self.leave()
+                try:
+                    self.leave()
+                except RuntimeFailure:
+                    # Never run another job here; the owner starts a new thread (``broken``).
+                    self.broken = True
+                    self._pool.shutdown(wait=False)
+                    raise
 
     # The methods below run on the thread (from functions given to ``call``).
 
@@ -132,7 +141,8 @@ class NetnsThread:
             raise RuntimeFailure(f"netns thread cannot return to the host namespace: {e}") from e
 
     def close(self) -> None:
-        self._pool.submit(os.close, self._host_fd).result()
+        if not self.broken:
+            self._pool.submit(os.close, self._host_fd).result()
         self._pool.shutdown(wait=True)
 
 

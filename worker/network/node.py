@@ -132,7 +132,7 @@ class NodeNetwork:
         """Stop the netns thread (the kernel state stays)."""
         with self._lock:
             if self._thread is not None:
-                if self._host is not None:
+                if self._host is not None and not self._thread.broken:
                     self._thread.call(self._host.close)
                 self._thread.close()
             if self._reaper is not None:
@@ -265,6 +265,8 @@ class NodeNetwork:
         return self.netns_dir / container_id[:12]
 
     def _ensure_thread(self) -> netns.NetnsThread:
+        if self._thread is not None and self._thread.broken:
+            self._thread, self._host = None, None  # its socket dies with it; start afresh
         if self._thread is None:
             self._thread = netns.NetnsThread()
             # The host socket is opened on the thread while it stands in the host namespace.
