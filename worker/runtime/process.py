@@ -69,9 +69,11 @@ def _cap_last() -> int:
 
 
 def exec_process(process: ProcessSpec, seccomp_bpf: bytes | None, *, error_fd: int,
-                 make_cwd: bool, cap_last: int | None = None) -> None:
+                 make_cwd: bool, go_fd: int | None = None, cap_last: int | None = None
+                 ) -> None:
     """Become `process` (never returns on success). `error_fd` (close-on-exec) stays open
-    so that a failing execve can still be reported through it."""
+    so that a failing execve can still be reported through it. With `go_fd`, wait for one
+    byte on it before the execve (EOF instead means: give up)."""
     if not process.args:
         raise ExecError("no command given")
     try:
@@ -101,6 +103,8 @@ def exec_process(process: ProcessSpec, seccomp_bpf: bytes | None, *, error_fd: i
     path = look_path(process.args[0], env["PATH"])
     if seccomp_bpf:
         sc.seccomp_set_filter(seccomp_bpf)
+    if go_fd is not None and not os.read(go_fd, 1):
+        raise ExecError("start aborted by the shim")
     os.closerange(3, error_fd)
     os.closerange(error_fd + 1, 1 << 20)
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):

@@ -1,13 +1,14 @@
 """The processes the zygote forks: a container's shim and init, and an exec's waiter.
 
-Container (CreateRequest): the shim is orphaned by the zygote's double fork, so it outlives
-both the daemon and the zygote. It starts a session, creates the cgroup, unshares a pid
-namespace and forks the init (pid 1 there). The init joins the cgroup, unshares mnt/uts/ipc
-(and net for NetworkMode.NONE, or joins the prepared one for BRIDGE), builds its rootfs,
-sets its hostname and execs (process.exec_process). Any failure before the exec reaches the
-shim as text on a close-on-exec pipe; the shim then reaps the init, removes the cgroup and
-answers the daemon with the error, leaving nothing behind (mounts die with the init's mount
-namespace). On success the shim writes state.json, answers, copies stdout/stderr into the
+Container (CreateRequest): the shim needs nothing from the zygote after the fork and is
+reparented when the zygote dies, so it outlives both the daemon and the zygote. It starts a
+session, unshares a pid namespace and forks the init (pid 1 there), then creates the cgroup
+and moves the init into it while the init unshares mnt/uts/ipc (and net for
+NetworkMode.NONE, or joins the prepared one for BRIDGE), builds its rootfs and sets its
+hostname; the init execs (process.exec_process) once the shim says go. Any failure before
+the exec reaches the shim as text on a close-on-exec pipe; the shim then reaps the init,
+removes the cgroup and answers the daemon with the error, leaving nothing behind (mounts die
+with the init's mount namespace). On success the shim writes state.json, answers, copies stdout/stderr into the
 json-file log, reaps the init, notes an OOM kill, removes the cgroup, writes exit.json and
 exits (which is what the daemon's pidfd of the shim reports).
 
@@ -102,15 +103,13 @@ def _exit_code(status: int) -> int:
 # ---- container ------------------------------------------------------------------------
 
 
-def _container_init(req: CreateRequest, cg: str, out_w: int, err_w: int, error_w: int,
+def _container_init(spec: ContainerSpec, out_w: int, err_w: int, error_w: int, go_r: int,
                     seccomp_bpf: bytes | None) -> None:
     """The container's pid 1 until it execs. Never returns."""
-    spec = req.spec
     try:
         os.setsid()
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
-        req.driver.add_process(cg, 0)
         flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
         if spec.network_mode is NetworkMode.NONE:
             flags |= sc.CLONE_NEWNET
@@ -124,7 +123,7 @@ def _container_init(req: CreateRequest, cg: str, out_w: int, err_w: int, error_w
         os.umask(0)
         rootfs.setup(spec, os.path.join(spec.bundle_dir, EMPTY_LOWER))
         sc.sethostname(spec.hostname)
-        exec_process(spec.process, seccomp_bpf, error_fd=error_w, make_cwd=True)
+        exec_process(spec.process, seccomp_bpf, error_fd=error_w, make_cwd=True, go_fd=go_r)
     except BaseException as e:
         try:
             os.write(error_w, _describe(e).encode())
@@ -134,37 +133,48 @@ def _container_init(req: CreateRequest, cg: str, out_w: int, err_w: int, error_w
 
 def run_container_shim(req: CreateRequest, reply: socket.socket, seccomp_bpf: bytes | None
                        ) -> None:
-    """Body of the shim (already orphaned). Never returns."""
+    """Body of the shim. Never returns.
+
+    The init is forked first and builds its rootfs while the shim creates the cgroup and
+    moves the init into it (on cgroup v1 a move can wait for an RCU grace period, several
+    ms); the init execs only after the shim's go byte."""
     spec = req.spec
     bundle = spec.bundle_dir
     cg = cgroup_path(spec)
     try:
         os.setsid()
         _detach_stdio()
-        req.driver.create(cg, spec.resources)
-    except BaseException as e:
-        _reply(reply, error=f"cgroup set-up: {_describe(e)}")
-        os._exit(1)
-    try:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         error_r, error_w = os.pipe()
+        go_r, go_w = os.pipe()
         sc.unshare(sc.CLONE_NEWPID)
         pid = os.fork()
         if pid == 0:
             reply.close()
-            os.close(out_r)
-            os.close(err_r)
-            os.close(error_r)
-            _container_init(req, cg, out_w, err_w, error_w, seccomp_bpf)
-        for fd in (out_w, err_w, error_w):
+            for fd in (out_r, err_r, error_r, go_w):
+                os.close(fd)
+            _container_init(spec, out_w, err_w, error_w, go_r, seccomp_bpf)
+        for fd in (out_w, err_w, error_w, go_r):
             os.close(fd)
+    except BaseException as e:
+        _reply(reply, error=f"shim: {_describe(e)}")
+        os._exit(1)
+    setup_error = ""
+    try:
+        req.driver.create(cg, spec.resources)
+        req.driver.add_process(cg, pid)
+        os.write(go_w, b"1")
+    except BaseException as e:
+        setup_error = f"cgroup set-up: {_describe(e)}"
+    os.close(go_w)
+    try:
         error = _read_all(error_r).decode(errors="replace")
         os.close(error_r)
-        if error:
+        if setup_error or error:
             os.waitpid(pid, 0)
             req.driver.destroy(cg)
-            _reply(reply, error=error)
+            _reply(reply, error=setup_error or error)
             os._exit(1)
         started_at = rfc3339()
         write_json_atomic(os.path.join(bundle, STATE_FILE), {
