@@ -8,9 +8,9 @@ NetworkMode.NONE, or joins the prepared one for BRIDGE), builds its rootfs and s
 hostname; the init execs (process.exec_process) once the shim says go. Any failure before
 the exec reaches the shim as text on a close-on-exec pipe; the shim then reaps the init,
 removes the cgroup and answers the daemon with the error, leaving nothing behind (mounts die
-with the init's mount namespace). On success the shim writes state.json, answers, copies stdout/stderr into the
-json-file log, reaps the init, notes an OOM kill, removes the cgroup, writes exit.json and
-exits (which is what the daemon's pidfd of the shim reports).
+with the init's mount namespace). On success the shim writes state.json, answers, copies
+stdout/stderr into the json-file log, reaps the init, notes an OOM kill, removes the cgroup,
+writes exit.json and exits (which is what the daemon's pidfd of the shim reports).
 
 Exec (ExecRequest): the waiter joins the container's pid namespace and forks the process,
 which joins the cgroup and the other namespaces and execs; the waiter answers with its pid,

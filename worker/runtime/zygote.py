@@ -1,14 +1,14 @@
 """The zygote: a small single-threaded process that forks containers for the daemon.
 
 Started by Runtime.start() as ``python -m pyswarm.worker.runtime.zygote FD DAEMON_PID``
-before the daemon has threads, it imports only light modules, compiles the seccomp filter once, and then
-serves requests on the SOCK_SEQPACKET socket FD: one pickled request per message, with the
-answer socket (and, for exec, the stdio and status pipes) attached as SCM_RIGHTS. Each
-request gets one fork: the zygote ignores SIGCHLD, so the kernel reaps its children without
-it, and a shim needs nothing from the zygote after the fork; when the zygote dies its shims
-are reparented like orphans of a double fork (a fork costs ~1 ms on these VMs, so the
-usual middle process is not worth it). It never starts threads, and dies with the daemon
-(PR_SET_PDEATHSIG, and EOF on its socket).
+before the daemon has threads, it imports only light modules, compiles the seccomp filter
+once, and then serves requests on the SOCK_SEQPACKET socket FD: one pickled request per
+message, with the answer socket (and, for exec, the stdio and status pipes) attached as
+SCM_RIGHTS. Each request gets one fork: the zygote ignores SIGCHLD, so the kernel reaps its
+children without it, and a shim needs nothing from the zygote after the fork; when the
+zygote dies its shims are reparented like orphans of a double fork (a fork costs ~1 ms on
+these VMs, so the usual middle process is not worth it). It never starts threads, and dies
+with the daemon (PR_SET_PDEATHSIG, and EOF on its socket).
 """
 
 from __future__ import annotations
