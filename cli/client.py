@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 
-
-
 class CLIError(Exception):
     """An error for the user; ``code`` is the exit status (125 like docker's engine errors)."""
 
@@ -40,7 +38,6 @@ def connect() -> Any:
     if not os.access(sock, os.R_OK | os.W_OK):
         raise CLIError(f"permission denied on {sock}: the pyswarm socket is root-only; use sudo")
     import grpc
-
     from pyswarm.proto import engine_pb2_grpc
 
     channel = grpc.insecure_channel(f"unix://{sock}")

@@ -25,7 +25,8 @@ def _pb() -> Any:
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-d", "--detach", action="store_true", help="run in the background, print the id")
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="run in the background, print the id")
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
     p.add_argument("--name", default="", help="a name for the container")
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
@@ -176,7 +177,8 @@ def _ports(c: Any) -> str:
 def container_dict(c: Any) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict
 
-    d = MessageToDict(c, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    d = MessageToDict(c, preserving_proto_field_name=True,
+                      always_print_fields_with_no_presence=True)
     d["status"] = _status(c)
     return d
 
@@ -283,7 +285,8 @@ def cmd_stop(a: argparse.Namespace) -> int:
 
 def cmd_kill(a: argparse.Namespace) -> int:
     pb = _pb()
-    return _each(a, lambda s, ref: s.KillContainer(pb.KillContainerRequest(id=ref, signal=a.signal)))
+    return _each(a, lambda s, ref: s.KillContainer(
+        pb.KillContainerRequest(id=ref, signal=a.signal)))
 
 
 def cmd_rm(a: argparse.Namespace) -> int:

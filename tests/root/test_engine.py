@@ -288,7 +288,8 @@ def test_published_port_reachable_and_gone_after_rm(daemon: Daemon) -> None:
 def test_named_volume_outlives_its_container(daemon: Daemon) -> None:
     daemon.cli("run", "--rm", "-v", "keep:/data", "busybox", "sh", "-c", "echo kept > /data/f")
     assert "keep" in daemon.cli("volume", "ls", "-q").stdout.split()
-    assert daemon.cli("run", "--rm", "-v", "keep:/data", "busybox", "cat", "/data/f").stdout == "kept\n"
+    out = daemon.cli("run", "--rm", "-v", "keep:/data", "busybox", "cat", "/data/f")
+    assert out.stdout == "kept\n"
     daemon.cli("run", "-d", "--name", "holder", "-v", "keep:/data", "busybox", "sleep", "100")
     refused = daemon.cli("volume", "rm", "keep", check=False)
     assert refused.returncode != 0 and "in use" in refused.stderr
@@ -320,10 +321,8 @@ def test_daemon_kill_keeps_containers_running(daemon: Daemon) -> None:
 
 
 def test_logs_rotate_and_tail(daemon: Daemon) -> None:
-    cid = daemon.cli("run", "--name", "chatty", "--log-opt", "max-size=2k", "--log-opt",
-                     "max-file=2", "busybox", "sh", "-c",
-                     "for i in $(seq 200); do echo line $i; done").stdout and ""
-    del cid
+    daemon.cli("run", "--name", "chatty", "--log-opt", "max-size=2k", "--log-opt", "max-file=2",
+               "busybox", "sh", "-c", "for i in $(seq 200); do echo line $i; done")
     info = daemon.inspect("chatty")
     bundle = daemon.root / "containers" / info["id"]
     files = sorted(p.name for p in bundle.glob("container.log*"))
@@ -380,7 +379,8 @@ def test_corrupt_archive_is_refused(daemon: Daemon, tmp_path: Path) -> None:
 
 def test_build_uses_the_cache(daemon: Daemon, tmp_path: Path) -> None:
     (tmp_path / "Dockerfile").write_text(
-        "FROM busybox\nRUN echo built > /built\nCOPY note.txt /note.txt\nCMD [\"cat\", \"/built\"]\n")
+        "FROM busybox\nRUN echo built > /built\nCOPY note.txt /note.txt\n"
+        'CMD ["cat", "/built"]\n')
     (tmp_path / "note.txt").write_text("one\n")
     first = daemon.cli("image", "build", "-t", "cached:1", str(tmp_path))
     assert "CACHED" not in first.stdout

@@ -1,5 +1,4 @@
 import pytest
-
 from pyswarm.common.errors import InvalidArgument
 from pyswarm.common.units import format_size, parse_cpus, parse_signal, parse_size
 

@@ -8,8 +8,8 @@ build's progress as it is printed.
 
 from __future__ import annotations
 
-import select
 import secrets
+import select
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path

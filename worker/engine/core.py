@@ -34,7 +34,7 @@ from pyswarm.worker.engine.records import ContainerRecord, MountRecord, PortReco
 from pyswarm.worker.engine.volumes import VolumeStore, parse_volume_arg
 from pyswarm.worker.images.store import Image, ImageStore
 from pyswarm.worker.network.node import NodeNetwork
-from pyswarm.worker.network.ports import PortBinding, parse_publish
+from pyswarm.worker.network.ports import parse_publish
 from pyswarm.worker.runtime.runtime import Runtime
 from pyswarm.worker.runtime.spec import (
     ContainerSpec,
@@ -236,7 +236,8 @@ class Engine:
     def _process(req: pb.CreateContainerRequest, image: Image) -> ProcessSpec:
         """Docker's rules for argv, env, workdir and user over the image's config."""
         config = image.config.get("config") or {}
-        entrypoint = list(req.entrypoint) if req.entrypoint_set else (config.get("Entrypoint") or [])
+        image_entrypoint = config.get("Entrypoint") or []
+        entrypoint = list(req.entrypoint) if req.entrypoint_set else image_entrypoint
         if req.cmd:
             cmd = list(req.cmd)
         elif req.entrypoint_set:

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
-
 from pyswarm.common import errors
 from pyswarm.proto import engine_pb2 as pb
 from pyswarm.proto import engine_pb2_grpc as pb_grpc
@@ -166,7 +165,8 @@ class EngineServicer(pb_grpc.EngineServicer):
     # ---- containers ----------------------------------------------------------------------
 
     @user_errors
-    async def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.Container:
+    async def CreateContainer(self, request: pb.CreateContainerRequest,
+                              context: Any) -> pb.Container:
         record = await self._run(self.engine.create, request)
         self.watcher.watch(record.id)
         return to_pb(record)
@@ -336,7 +336,8 @@ class EngineServicer(pb_grpc.EngineServicer):
     # ---- images --------------------------------------------------------------------------
 
     @user_errors
-    async def ListImages(self, request: pb.ListImagesRequest, context: Any) -> pb.ListImagesResponse:
+    async def ListImages(self, request: pb.ListImagesRequest,
+                         context: Any) -> pb.ListImagesResponse:
         images = await self._run(self.engine.images.list)
         return pb.ListImagesResponse(images=[image_pb(i) for i in images])
 
@@ -358,7 +359,8 @@ class EngineServicer(pb_grpc.EngineServicer):
         return image_pb(await self._run(self.engine.images.get, request.target))
 
     @user_errors
-    async def LoadImage(self, request: pb.LoadImageRequest, context: Any) -> AsyncIterator[pb.Progress]:
+    async def LoadImage(self, request: pb.LoadImageRequest,
+                        context: Any) -> AsyncIterator[pb.Progress]:
         from pathlib import Path
 
         async for item in _with_progress(
@@ -370,7 +372,8 @@ class EngineServicer(pb_grpc.EngineServicer):
                 yield pb.Progress(line="", refs=list(item))
 
     @user_errors
-    async def SaveImage(self, request: pb.SaveImageRequest, context: Any) -> AsyncIterator[pb.Progress]:
+    async def SaveImage(self, request: pb.SaveImageRequest,
+                        context: Any) -> AsyncIterator[pb.Progress]:
         from pathlib import Path
 
         if not request.refs:
@@ -379,7 +382,8 @@ class EngineServicer(pb_grpc.EngineServicer):
         yield pb.Progress(line=f"saved {', '.join(request.refs)}")
 
     @user_errors
-    async def BuildImage(self, request: pb.BuildImageRequest, context: Any) -> AsyncIterator[pb.Progress]:
+    async def BuildImage(self, request: pb.BuildImageRequest,
+                         context: Any) -> AsyncIterator[pb.Progress]:
         from pyswarm.worker.engine.build_runner import build
 
         async for item in _with_progress(lambda progress: build(self.engine, request, progress)):
@@ -413,7 +417,8 @@ class EngineServicer(pb_grpc.EngineServicer):
                          created=volume.created, used_by=self.engine.volume_users(volume.name))
 
     @user_errors
-    async def ListVolumes(self, request: pb.ListVolumesRequest, context: Any) -> pb.ListVolumesResponse:
+    async def ListVolumes(self, request: pb.ListVolumesRequest,
+                          context: Any) -> pb.ListVolumesResponse:
         return pb.ListVolumesResponse(
             volumes=[self._volume_pb(v) for v in self.engine.volumes.list()])
 
