@@ -422,11 +422,18 @@ class ImageStore:
             image_id = self.resolve(ref_or_id)
             repos = self._repos()
             repos["tags"][target.tagged] = image_id
+            self._save_repos(repos)
+            self.promote(image_id)
+
+    def promote(self, image_id: str) -> None:
+        """Make a build-cache image a user-visible one (a build's result)."""
+        with self.locked():
             rec = self._record(image_id)
-            if rec and rec.get("intermediate"):
+            if rec is None:
+                raise NotFound(f"No such image: {image_id}")
+            if rec.get("intermediate"):
                 rec["intermediate"] = False
                 _write_json_atomic(self.images_dir / f"{image_id[7:]}.json", rec)
-            self._save_repos(repos)
 
     def remove(self, ref: str, force: bool = False) -> list[str]:
         """Docker's rmi: untag; delete the image once no tag is left.
