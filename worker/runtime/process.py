@@ -24,6 +24,7 @@ from .users import resolve
 # SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP
 DEFAULT_CAPS = (0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31)
 DEFAULT_CAP_MASK = sum(1 << c for c in DEFAULT_CAPS)  # 0xa80425fb
+ABORTED = "start aborted by the shim"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -61,6 +62,11 @@ def look_path(name: str, path: str) -> str:
     raise ExecError(f'exec: "{name}": executable file not found in $PATH')
 
 
+def _cwd_error(cwd: str, e: OSError) -> ExecError:
+    reason = "not a directory" if e.errno == 17 else (e.strerror or str(e)).lower()
+    return ExecError(f'chdir to cwd ("{cwd}") set in config.json failed: {reason}')
+
+
 def _cap_last() -> int:
     try:
         return int(_read_text("/proc/sys/kernel/cap_last_cap"))
@@ -81,8 +87,11 @@ def exec_process(process: ProcessSpec, seccomp_bpf: bytes | None, *, error_fd: i
     except LookupError as e:
         raise ExecError(str(e)) from None
     env = build_env(process.env, user.home)
-    if make_cwd:
-        os.makedirs(process.cwd, 0o755, exist_ok=True)
+    if make_cwd:  # Docker creates a missing working directory
+        try:
+            os.makedirs(process.cwd, 0o755, exist_ok=True)
+        except OSError as e:
+            raise _cwd_error(process.cwd, e) from None
 
     last = _cap_last() if cap_last is None else cap_last
     for cap in range(last + 1):
@@ -98,13 +107,12 @@ def exec_process(process: ProcessSpec, seccomp_bpf: bytes | None, *, error_fd: i
     try:
         os.chdir(process.cwd)
     except OSError as e:
-        raise ExecError(f'chdir to cwd ("{process.cwd}") set in config.json failed: '
-                        f"{e.strerror.lower()}") from None
+        raise _cwd_error(process.cwd, e) from None
     path = look_path(process.args[0], env["PATH"])
     if seccomp_bpf:
         sc.seccomp_set_filter(seccomp_bpf)
     if go_fd is not None and not os.read(go_fd, 1):
-        raise ExecError("start aborted by the shim")
+        raise ExecError(ABORTED)
     os.closerange(3, error_fd)
     os.closerange(error_fd + 1, 1 << 20)
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):

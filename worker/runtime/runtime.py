@@ -149,6 +149,11 @@ class Runtime:
             raise RuntimeFailure(f"{what}: the shim died before answering")
         msg = json.loads(raw)
         if "error" in msg:
+            # Raise only once the failed shim is gone, so that nothing at all is left.
+            fd = _pidfd(int(msg.get("shim_pid", 0)), None)
+            if fd is not None:
+                select.select([fd], [], [], DELETE_TIMEOUT)
+                os.close(fd)
             raise RuntimeFailure(str(msg["error"]))
         return dict(msg)
 

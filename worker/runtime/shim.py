@@ -32,7 +32,7 @@ from . import rootfs
 from . import syscalls as sc
 from .cgroups import CgroupDriver
 from .logs import LOG_FILE, JsonFileLog
-from .process import ExecError, exec_process
+from .process import ABORTED, ExecError, exec_process
 from .spec import ContainerSpec, NetworkMode, ProcessSpec
 from .state import EXIT_FILE, STATE_FILE, proc_start_time, read_json, rfc3339, write_json_atomic
 
@@ -66,6 +66,7 @@ def _describe(e: BaseException) -> str:
 
 
 def _reply(sock: socket.socket, **msg: object) -> None:
+    msg["shim_pid"] = os.getpid()  # on an error, the daemon waits for us to be gone
     try:
         sock.send(json.dumps(msg).encode())
     except OSError:
@@ -174,7 +175,8 @@ def run_container_shim(req: CreateRequest, reply: socket.socket, seccomp_bpf: by
         if setup_error or error:
             os.waitpid(pid, 0)
             req.driver.destroy(cg)
-            _reply(reply, error=setup_error or error)
+            # The init's own failure explains a failed cgroup move (it had already exited).
+            _reply(reply, error=setup_error if error in ("", ABORTED) else error)
             os._exit(1)
         started_at = rfc3339()
         write_json_atomic(os.path.join(bundle, STATE_FILE), {
