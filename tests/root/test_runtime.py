@@ -399,3 +399,14 @@ def test_failed_cgroup_setup_leaves_nothing(ct: Containers) -> None:
         ct.rt.create(spec)
     assert not any(os.path.exists(d) for d in ct.rt.driver.dirs(f"{CGROUP_PARENT}/{spec.id}"))
     assert _zygote_children(ct.rt).split() == []
+
+
+def test_many_layers_stack_top_first(ct: Containers, tmp_path: Path) -> None:
+    layers = [str(ct.layer)]
+    for i in range(70):  # ~9 KiB of absolute lowerdirs: needs the short form
+        d = tmp_path / "layers" / f"{i:064x}"
+        d.mkdir(parents=True)
+        (d / "f").write_text(f"{i}\n")
+        layers.append(str(d))
+    code, out = ct.run("cat", "/f", layers=tuple(layers))
+    assert (code, out) == (0, "69\n")

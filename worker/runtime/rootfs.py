@@ -71,17 +71,28 @@ def secure_join(root: str, path: str) -> str:
     return os.path.join(root, *done)
 
 
-def overlay_options(layers: tuple[str, ...], upper: str, work: str) -> tuple[str, str | None]:
-    """(mount data, directory to chdir to first or None). Lower layers go top-first. When the
-    absolute form would not fit in a page, lowerdirs become relative to their common parent
-    (the mount resolves them against the caller's cwd)."""
-    lower = ":".join(reversed(layers))
-    data = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    if len(data) < _PAGE - 1 or len(layers) < 2:
-        return data, None
-    base = os.path.commonpath(layers)
-    lower = ":".join(os.path.relpath(p, base) for p in reversed(layers))
-    return f"lowerdir={lower},upperdir={upper},workdir={work}", base
+def overlay_options(layers: tuple[str, ...], bundle: str) -> tuple[str, bool]:
+    """(mount data, short form?). Lower layers go top-first. When the absolute form would not
+    fit in a page, the short form names the layers through symlinks <bundle>/l/<n> and the
+    upper and work dirs relative to the bundle (the mount resolves them against the caller's
+    cwd, so the caller chdirs into the bundle first), as Docker's overlay2 driver does."""
+    data = (f"lowerdir={':'.join(reversed(layers))},"
+            f"upperdir={bundle}/upper,workdir={bundle}/work")
+    if len(data) < _PAGE:
+        return data, False
+    lower = ":".join(f"l/{i:x}" for i in reversed(range(len(layers))))
+    return f"lowerdir={lower},upperdir=upper,workdir=work", True
+
+
+def _link_layers(layers: tuple[str, ...], bundle: str) -> None:
+    links = os.path.join(bundle, "l")
+    if os.path.isdir(links):
+        for name in os.listdir(links):
+            os.unlink(os.path.join(links, name))
+    else:
+        os.mkdir(links)
+    for i, layer in enumerate(layers):
+        os.symlink(layer, os.path.join(links, f"{i:x}"))
 
 
 def _mkdir_p(path: str) -> None:
@@ -158,9 +169,11 @@ def setup(spec: ContainerSpec, lower_fallback: str) -> None:
     b = spec.bundle_dir
     rootfs = f"{b}/rootfs"
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
-    data, base = overlay_options(spec.layers or (lower_fallback,), f"{b}/upper", f"{b}/work")
-    if base:
-        os.chdir(base)
+    layers = spec.layers or (lower_fallback,)
+    data, short = overlay_options(layers, b)
+    if short:
+        _link_layers(layers, b)
+        os.chdir(b)
     sc.mount("overlay", rootfs, "overlay", 0, data)
 
     proc = secure_join(rootfs, "/proc")
