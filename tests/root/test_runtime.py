@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 from pyswarm.common.errors import RuntimeFailure
 from pyswarm.worker.runtime.runtime import Runtime
+from pyswarm.worker.runtime import syscalls as sc
 from pyswarm.worker.runtime.spec import (
     ContainerSpec,
     LogConfig,
     Mount,
     MountKind,
+    NetworkMode,
     ProcessSpec,
     Resources,
 )
@@ -31,7 +33,7 @@ pytestmark = pytest.mark.root
 
 CGROUP_PARENT = "pyswarm-test-rt"
 APPLETS = ("sh ls cat echo id hostname mount sleep wc ps grep head tail seq dd touch "
-           "kill true false env").split()
+           "kill true false env readlink").split()
 
 
 def busybox_layer(path: Path) -> Path:
@@ -410,3 +412,37 @@ def test_many_layers_stack_top_first(ct: Containers, tmp_path: Path) -> None:
         layers.append(str(d))
     code, out = ct.run("cat", "/f", layers=tuple(layers))
     assert (code, out) == (0, "69\n")
+
+
+# ---- network modes ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def netns(tmp_path: Path) -> Iterator[str]:
+    """A network namespace kept alive by a bind mount, as worker/network prepares them."""
+    path = tmp_path / "netns"
+    path.touch()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sc.unshare(sc.CLONE_NEWNET)
+            sc.mount("/proc/self/ns/net", str(path), None, sc.MS_BIND)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    try:
+        yield str(path)
+    finally:
+        sc.umount2(str(path), sc.MNT_DETACH)
+
+
+def test_bridge_mode_joins_the_prepared_namespace(ct: Containers, netns: str) -> None:
+    code, out = ct.run("readlink", "/proc/self/ns/net", network_mode=NetworkMode.BRIDGE,
+                       netns_path=netns)
+    assert (code, out) == (0, f"net:[{os.stat(netns).st_ino}]\n")
+
+
+def test_host_mode_shares_the_hosts_namespace(ct: Containers) -> None:
+    code, out = ct.run("readlink", "/proc/self/ns/net", network_mode=NetworkMode.HOST)
+    assert (code, out) == (0, os.readlink("/proc/self/ns/net") + "\n")

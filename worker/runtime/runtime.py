@@ -53,11 +53,12 @@ class ExecProcess:
 
     def wait(self) -> int:
         """Block until the process exits; its exit code (128+n for signal n, 255 when its
-        waiter was lost)."""
+        waiter was lost). Closes status_fd."""
         if self._code is None:
             raw = b""
             while chunk := os.read(self.status_fd, 64):
                 raw += chunk
+            os.close(self.status_fd)
             try:
                 self._code = int(raw.strip())
             except ValueError:
@@ -65,8 +66,12 @@ class ExecProcess:
         return self._code
 
     def close(self) -> None:
-        """Close whichever of our pipe ends are still open."""
-        for fd in (self.stdin, self.stdout, self.stderr, self.status_fd):
+        """Close all our pipe ends (stdin, stdout, stderr and, unless wait() did, status_fd).
+        For callers that did not close them themselves."""
+        fds = [self.stdin, self.stdout, self.stderr]
+        if self._code is None:
+            fds.append(self.status_fd)
+        for fd in fds:
             if fd is not None:
                 try:
                     os.close(fd)

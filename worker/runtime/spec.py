@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 
-class NetworkMode(str, Enum):
+class NetworkMode(str, Enum):  # noqa: UP042 (str() stays "NetworkMode.NONE")
     NONE = "none"  # a fresh network namespace with only `lo` (up)
     HOST = "host"  # the node's own network namespace
     BRIDGE = "bridge"  # join the prepared namespace at ContainerSpec.netns_path
 
 
-class MountKind(str, Enum):
+class MountKind(str, Enum):  # noqa: UP042
     BIND = "bind"  # source is a host path (named volumes arrive here already resolved)
     TMPFS = "tmpfs"
 
@@ -50,7 +50,7 @@ class ProcessSpec:
 @dataclass(frozen=True)
 class LogConfig:
     max_size: int = 10 * 1024 * 1024  # bytes per file before rotation; 0 = never rotate
-    max_files: int = 1  # rotated files kept besides the current one (Docker: max-file)
+    max_files: int = 1  # files kept in all, the current one included (Docker: max-file)
 
 
 @dataclass(frozen=True)
