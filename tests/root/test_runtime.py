@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 from pyswarm.common.errors import RuntimeFailure
-from pyswarm.worker.runtime.runtime import Runtime
 from pyswarm.worker.runtime import syscalls as sc
+from pyswarm.worker.runtime.runtime import Runtime
 from pyswarm.worker.runtime.spec import (
     ContainerSpec,
     LogConfig,
