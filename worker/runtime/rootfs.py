@@ -73,9 +73,10 @@ def secure_join(root: str, path: str) -> str:
 
 def overlay_options(layers: tuple[str, ...], bundle: str) -> tuple[str, bool]:
     """(mount data, short form?). Lower layers go top-first. When the absolute form would not
-    fit in a page (or a path holds an option separator), the short form names the layers through symlinks <bundle>/l/<n> and the
-    upper and work dirs relative to the bundle (the mount resolves them against the caller's
-    cwd, so the caller chdirs into the bundle first), as Docker's overlay2 driver does."""
+    fit in a page (or a path holds an option separator), the short form names the layers
+    through symlinks <bundle>/l/<n> and the upper and work dirs relative to the bundle (the
+    mount resolves them against the caller's cwd, so the caller chdirs into the bundle
+    first), as Docker's overlay2 driver does."""
     data = (f"lowerdir={':'.join(reversed(layers))},"
             f"upperdir={bundle}/upper,workdir={bundle}/work")
     plain = not any(c in p for p in (*layers, bundle) for c in ",:")  # option separators
