@@ -117,3 +117,20 @@ def test_fuzz_only_invalid_argument(lines: list[str]) -> None:
             df.words(inst.args, {"Y": "1"}, inst.line)
     except InvalidArgument as e:
         assert str(e).startswith("Dockerfile:")
+
+
+def test_apply_changes_for_commit() -> None:
+    base = {"Env": ["PATH=/bin"], "Cmd": ["sh"], "WorkingDir": "/srv"}
+    out = df.apply_changes(base, ['ENV A=1 PATH=$PATH:/x', "CMD echo hi", "EXPOSE 80",
+                                  "LABEL k=v", "WORKDIR app", "USER nobody",
+                                  'ENTRYPOINT ["/init"]'])
+    assert out["Env"] == ["A=1", "PATH=/bin:/x"]
+    assert out["Cmd"] == ["/bin/sh", "-c", "echo hi"]
+    assert out["Entrypoint"] == ["/init"]
+    assert out["ExposedPorts"] == {"80/tcp": {}}
+    assert out["Labels"] == {"k": "v"}
+    assert out["WorkingDir"] == "/srv/app"
+    assert out["User"] == "nobody"
+    assert base["Env"] == ["PATH=/bin"]  # the input is not modified
+    with pytest.raises(InvalidArgument, match="not a valid change"):
+        df.apply_changes({}, ["RUN rm -rf /"])

@@ -139,7 +139,7 @@ def _load_docker(store: ImageStore, arc: _Archive, progress: Progress | None) ->
             raise CorruptData(f"{arc.path}: malformed manifest.json entry: {e}") from None
         m = _BLOB_PATH.match(config_name) or _LEGACY_CONFIG.match(config_name)
         expected_config = f"sha256:{m.group(1)}" if m else None
-        layers = []
+        layers: list[tuple[str, str | None, int | None]] = []
         for n in layer_names:
             lm = _BLOB_PATH.match(n)
             layers.append((n, f"sha256:{lm.group(1)}" if lm else None, None))
@@ -307,7 +307,8 @@ def _write_archive(store: ImageStore, tar: tarfile.TarFile,
             written.add(mdigest)
             _add_bytes(tar, f"blobs/sha256/{mdigest[7:]}", manifest)
         desc = {"mediaType": media.OCI_MANIFEST, "digest": mdigest, "size": len(manifest)}
-        for n in names or [None]:
+        entries: list[Reference | None] = list(names) or [None]
+        for n in entries:
             entry = dict(desc)
             if n is not None:
                 entry["annotations"] = {_NAME_ANNOTATION: f"{n.full_name}:{n.tag}",

@@ -38,7 +38,6 @@ from .reference import parse_reference
 from .store import Image, ImageStore
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-DEFAULT_SHELL = ("/bin/sh", "-c")
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,9 @@ def build(store: ImageStore, context_dir: Path, dockerfile: Path, tags: list[str
         parse_reference(t)  # refuse a bad tag before any work
     return _Builder(store, Path(context_dir), build_args, runner, progress, no_cache).run(
         df.parse(text), tags)
+
+
+build_image = build  # the name the engine imports
 
 
 class _Builder:
@@ -132,12 +134,7 @@ class _Builder:
     # ------------------------------------------------------------------ helpers
 
     def _env(self, st: _State) -> dict[str, str]:
-        """Variables for substitution: ARGs in scope, overridden by ENV (Docker's order)."""
-        env = dict(st.args)
-        for kv in st.config.get("Env") or []:
-            k, _, v = kv.partition("=")
-            env[k] = v
-        return env
+        return df.substitution_env(st.config, st.args)
 
     def _arg(self, inst: df.Instruction, scope: dict[str, str]) -> tuple[str, str]:
         name, eq, default = inst.args.partition("=")
@@ -206,53 +203,12 @@ class _Builder:
                 value = meta_args[name]
             st.args[name] = value
             self._config_step(st, inst, f"ARG {name}")
-        elif c == "ENV":
-            pairs = df.key_values(inst, env)
-            cur = [e for e in st.config.get("Env") or []]
-            for k, v in pairs:
-                cur = [e for e in cur if e.partition("=")[0] != k] + [f"{k}={v}"]
-            st.config["Env"] = cur
-            self._config_step(st, inst, "ENV " + " ".join(f"{k}={v}" for k, v in pairs))
-        elif c == "LABEL":
-            pairs = df.key_values(inst, env)
-            st.config["Labels"] = {**(st.config.get("Labels") or {}), **dict(pairs)}
-            self._config_step(st, inst, "LABEL " + " ".join(f"{k}={v}" for k, v in pairs))
-        elif c in ("CMD", "ENTRYPOINT"):
-            argv = self._command(st, inst)
-            if c == "CMD":
-                st.config["Cmd"], st.cmd_set = argv, True
-            else:
-                st.config["Entrypoint"] = argv
-                if not st.cmd_set:  # a base image's CMD does not survive a new ENTRYPOINT
-                    st.config["Cmd"] = None
-            self._config_step(st, inst, f"{c} {json.dumps(argv)}")
-        elif c == "SHELL":
-            st.config["Shell"] = df.exec_form(inst.args, line)
-            self._config_step(st, inst, inst.text)
-        elif c == "USER":
-            st.config["User"] = df.word(inst.args, env, line)
-            self._config_step(st, inst, f"USER {st.config['User']}")
-        elif c == "EXPOSE":
-            ports = dict(st.config.get("ExposedPorts") or {})
-            for p in df.words(inst.args, env, line):
-                for key in _ports(p, line):
-                    ports[key] = {}
-            st.config["ExposedPorts"] = ports
-            self._config_step(st, inst, "EXPOSE " + " ".join(sorted(ports)))
-        elif c == "VOLUME":
-            vols = df.exec_form(inst.args, line) or df.words(inst.args, env, line)
-            st.config["Volumes"] = {**(st.config.get("Volumes") or {}), **{v: {} for v in vols}}
-            self._config_step(st, inst, f"VOLUME {vols}")
-        elif c == "STOPSIGNAL":
-            st.config["StopSignal"] = df.word(inst.args, env, line)
-            self._config_step(st, inst, f"STOPSIGNAL {st.config['StopSignal']}")
-        elif c == "MAINTAINER":  # deprecated; kept in history only
-            self._config_step(st, inst, inst.text)
-        elif c == "HEALTHCHECK":
-            st.config["Healthcheck"] = _healthcheck(inst)
-            self._config_step(st, inst, inst.text)
         elif c == "WORKDIR":
-            self._workdir(st, inst, env)
+            self._workdir(st, df.apply_config(st.config, inst, env))
+        elif c in df.CONFIG_ONLY:
+            text = df.apply_config(st.config, inst, env, cmd_set=st.cmd_set)
+            st.cmd_set = st.cmd_set or c == "CMD"
+            self._config_step(st, inst, text)
         elif c in ("COPY", "ADD"):
             self._copy(st, inst, env)
         elif c == "RUN":
@@ -260,18 +216,9 @@ class _Builder:
         else:  # pragma: no cover - the parser admits only the above
             raise df.error(line, f"{c} is not supported")
 
-    def _shell(self, st: _State) -> list[str]:
-        return list(st.config.get("Shell") or DEFAULT_SHELL)
-
-    def _command(self, st: _State, inst: df.Instruction) -> list[str]:
-        argv = df.exec_form(inst.args, inst.line)
-        return argv if argv is not None else self._shell(st) + [inst.args]
-
-    def _workdir(self, st: _State, inst: df.Instruction, env: dict[str, str]) -> None:
-        path = df.word(inst.args, env, inst.line)
-        path = posixpath.normpath(posixpath.join(st.config.get("WorkingDir") or "/", path))
-        st.config["WorkingDir"] = path
-        text = f"WORKDIR {path}"
+    def _workdir(self, st: _State, text: str) -> None:
+        """WORKDIR's config change is done; this makes its folder a layer if missing."""
+        path = st.config["WorkingDir"]
         key = self._key(st, text)
         hit = self._cached(key)
         if hit:
@@ -289,9 +236,7 @@ class _Builder:
         return _TmpDir(self.store.tmp)
 
     def _run(self, st: _State, inst: df.Instruction) -> None:
-        argv = df.exec_form(inst.args, inst.line)
-        if argv is None:
-            argv = self._shell(st) + [inst.args]
+        argv = df.command(st.config, inst)
         if not argv:
             raise df.error(inst.line, "RUN: empty command")
         env_list = list(st.config.get("Env") or [])
@@ -575,34 +520,3 @@ def _primary_gid(image: Image | None, user: str) -> int:
         if len(f) >= 4 and f[0] == user and f[3].isdigit():
             return int(f[3])
     return 0
-
-
-def _ports(spec: str, line: int) -> list[str]:
-    port, _, proto = spec.partition("/")
-    proto = (proto or "tcp").lower()
-    if proto not in ("tcp", "udp", "sctp"):
-        raise df.error(line, f"EXPOSE: invalid protocol in {spec!r}")
-    lo, _, hi = port.partition("-")
-    if not lo.isdigit() or (hi and not hi.isdigit()):
-        raise df.error(line, f"EXPOSE: invalid port {spec!r}")
-    a, b = int(lo), int(hi or lo)
-    if not (0 < a <= b <= 65535):
-        raise df.error(line, f"EXPOSE: invalid port range {spec!r}")
-    return [f"{p}/{proto}" for p in range(a, b + 1)]
-
-
-def _healthcheck(inst: df.Instruction) -> dict[str, Any]:
-    if inst.args.upper() == "NONE":
-        return {"Test": ["NONE"]}
-    rest = inst.args.split(None, 1)[1]
-    argv = df.exec_form(rest, inst.line)
-    hc: dict[str, Any] = {"Test": ["CMD", *argv] if argv is not None else ["CMD-SHELL", rest]}
-    for flag, key in (("interval", "Interval"), ("timeout", "Timeout"),
-                      ("start-period", "StartPeriod"), ("start-interval", "StartInterval")):
-        v = inst.flag(flag)
-        if v is not None:
-            hc[key] = df.parse_duration(v, inst.line, flag)
-    r = inst.flag("retries")
-    if r is not None:
-        hc["Retries"] = int(r)
-    return hc

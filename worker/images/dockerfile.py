@@ -1,4 +1,5 @@
-"""The Dockerfile subset pyswarm builds: parsing and word processing, no execution.
+"""The Dockerfile subset pyswarm builds: parsing, word processing and the config-only
+instructions' effect on an image config (shared by the builder and ``commit --change``).
 
 ``parse`` turns the text into instructions with the line each starts on, and checks what can
 be checked without variables (known keyword, argument counts, flags, JSON forms), so a typo
@@ -13,9 +14,11 @@ effect. Multi-stage builds, ONBUILD, heredocs and RUN --mount are refused by nam
 from __future__ import annotations
 
 import json
+import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pyswarm.common.errors import InvalidArgument
 
@@ -359,3 +362,129 @@ def parse_duration(v: str, line: int, what: str) -> int:
     if pos != len(v) or not v:
         raise error(line, f"--{what}: invalid duration {v!r}")
     return int(total)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+DEFAULT_SHELL = ("/bin/sh", "-c")
+CONFIG_ONLY = frozenset({"ENV", "LABEL", "CMD", "ENTRYPOINT", "SHELL", "USER", "EXPOSE",
+                         "VOLUME", "STOPSIGNAL", "MAINTAINER", "HEALTHCHECK", "WORKDIR"})
+
+
+def substitution_env(config: Mapping[str, Any], args: Mapping[str, str]) -> dict[str, str]:
+    """Variables for $VAR: build ARGs in scope, overridden by the config's Env."""
+    env = dict(args)
+    for kv in config.get("Env") or []:
+        k, _, v = kv.partition("=")
+        env[k] = v
+    return env
+
+
+def command(config: Mapping[str, Any], inst: Instruction) -> list[str]:
+    """CMD/ENTRYPOINT/RUN argv: the JSON form, or the shell form run by SHELL."""
+    argv = exec_form(inst.args, inst.line)
+    if argv is not None:
+        return argv
+    return list(config.get("Shell") or DEFAULT_SHELL) + [inst.args]
+
+
+def apply_config(config: dict[str, Any], inst: Instruction, env: Mapping[str, str], *,
+                 cmd_set: bool = True) -> str:
+    """Apply a config-only instruction to ``config`` (an image config's "config" section)
+    in place; returns the normalized text recorded in history and the cache key.
+
+    ``cmd_set`` says whether CMD was set by this build: a new ENTRYPOINT drops an
+    inherited CMD, as Docker does. WORKDIR only sets the path here (the builder creates it).
+    """
+    c, line = inst.cmd, inst.line
+    if c in ("ENV", "LABEL"):
+        pairs = key_values(inst, env)
+        if c == "ENV":
+            cur = list(config.get("Env") or [])
+            for k, v in pairs:
+                cur = [e for e in cur if e.partition("=")[0] != k] + [f"{k}={v}"]
+            config["Env"] = cur
+        else:
+            config["Labels"] = {**(config.get("Labels") or {}), **dict(pairs)}
+        return f"{c} " + " ".join(f"{k}={v}" for k, v in pairs)
+    if c in ("CMD", "ENTRYPOINT"):
+        argv = command(config, inst)
+        if c == "CMD":
+            config["Cmd"] = argv
+        else:
+            config["Entrypoint"] = argv
+            if not cmd_set:
+                config["Cmd"] = None
+        return f"{c} {json.dumps(argv)}"
+    if c == "SHELL":
+        config["Shell"] = exec_form(inst.args, line)
+        return inst.text
+    if c in ("USER", "STOPSIGNAL"):
+        key = "User" if c == "USER" else "StopSignal"
+        config[key] = word(inst.args, env, line)
+        return f"{c} {config[key]}"
+    if c == "EXPOSE":
+        ports = dict(config.get("ExposedPorts") or {})
+        for p in words(inst.args, env, line):
+            for key in _ports(p, line):
+                ports[key] = {}
+        config["ExposedPorts"] = ports
+        return "EXPOSE " + " ".join(sorted(ports))
+    if c == "VOLUME":
+        vols = exec_form(inst.args, line) or words(inst.args, env, line)
+        config["Volumes"] = {**(config.get("Volumes") or {}), **{v: {} for v in vols}}
+        return f"VOLUME {vols}"
+    if c == "HEALTHCHECK":
+        config["Healthcheck"] = _healthcheck(inst)
+        return inst.text
+    if c == "WORKDIR":
+        path = word(inst.args, env, line)
+        config["WorkingDir"] = posixpath.normpath(
+            posixpath.join(config.get("WorkingDir") or "/", path))
+        return f"WORKDIR {config['WorkingDir']}"
+    if c == "MAINTAINER":  # deprecated; kept in history only
+        return inst.text
+    raise error(line, f"{c} cannot be applied to an image config")
+
+
+def apply_changes(config: Mapping[str, Any], changes: Sequence[str]) -> dict[str, Any]:
+    """``docker commit --change``: Dockerfile lines applied to a copy of ``config``."""
+    out: dict[str, Any] = json.loads(json.dumps(dict(config)))
+    for change in changes:
+        for inst in parse(change):
+            if inst.cmd not in CONFIG_ONLY:
+                raise InvalidArgument(f"{inst.cmd} is not a valid change for commit")
+            apply_config(out, inst, substitution_env(out, {}))
+    return out
+
+
+def _ports(spec: str, line: int) -> list[str]:
+    port, _, proto = spec.partition("/")
+    proto = (proto or "tcp").lower()
+    if proto not in ("tcp", "udp", "sctp"):
+        raise error(line, f"EXPOSE: invalid protocol in {spec!r}")
+    lo, _, hi = port.partition("-")
+    if not lo.isdigit() or (hi and not hi.isdigit()):
+        raise error(line, f"EXPOSE: invalid port {spec!r}")
+    a, b = int(lo), int(hi or lo)
+    if not (0 < a <= b <= 65535):
+        raise error(line, f"EXPOSE: invalid port range {spec!r}")
+    return [f"{p}/{proto}" for p in range(a, b + 1)]
+
+
+def _healthcheck(inst: Instruction) -> dict[str, Any]:
+    if inst.args.upper() == "NONE":
+        return {"Test": ["NONE"]}
+    rest = inst.args.split(None, 1)[1]
+    argv = exec_form(rest, inst.line)
+    hc: dict[str, Any] = {"Test": ["CMD", *argv] if argv is not None else ["CMD-SHELL", rest]}
+    for flag, key in (("interval", "Interval"), ("timeout", "Timeout"),
+                      ("start-period", "StartPeriod"), ("start-interval", "StartInterval")):
+        v = inst.flag(flag)
+        if v is not None:
+            hc[key] = parse_duration(v, inst.line, flag)
+    r = inst.flag("retries")
+    if r is not None:
+        hc["Retries"] = int(r)
+    return hc

@@ -403,9 +403,8 @@ def _pack_tree(tar: tarfile.TarFile, root: str, rel: str, seen: dict[tuple[int, 
         ti.uid, ti.gid = st.st_uid, st.st_gid
         ti.uname = ti.gname = ""
         ti.mtime = int(st.st_mtime)
-        for k, v in xattrs.items():
-            if not k.startswith(_OVERLAY_XATTRS):
-                ti.pax_headers[_PAX_XATTR + k] = v.decode("utf-8", "surrogateescape")
+        ti.pax_headers = {_PAX_XATTR + k: v.decode("utf-8", "surrogateescape")
+                          for k, v in xattrs.items() if not k.startswith(_OVERLAY_XATTRS)}
         if stat.S_ISDIR(st.st_mode):
             ti.type = tarfile.DIRTYPE
             tar.addfile(ti)

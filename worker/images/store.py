@@ -24,6 +24,7 @@ never loses a blob it has just written.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import fcntl
 import json
@@ -435,7 +436,7 @@ class ImageStore:
                 rec["intermediate"] = False
                 _write_json_atomic(self.images_dir / f"{image_id[7:]}.json", rec)
 
-    def remove(self, ref: str, force: bool = False) -> list[str]:
+    def remove(self, ref: str, force: bool = False) -> builtins.list[str]:
         """Docker's rmi: untag; delete the image once no tag is left.
 
         By name: removes that tag; the image goes with its last tag unless a container
@@ -520,7 +521,7 @@ class ImageStore:
                 _rm(self.layers_dir / name)
                 (self.layers_dir / f"{name}.json").unlink(missing_ok=True)
 
-    def _prune_intermediates(self, repos: dict[str, dict[str, str]]) -> list[str]:
+    def _prune_intermediates(self, repos: dict[str, dict[str, str]]) -> builtins.list[str]:
         """Drop build-cache images no longer under any user-visible image."""
         records = {r["id"]: r for r in self._all_records()}
         keep: set[str] = set()
@@ -617,12 +618,12 @@ class ImageStore:
 
     # ------------------------------------------------------------------ archives, registries
 
-    def load(self, archive: Path, progress: Progress | None = None) -> list[str]:
+    def load(self, archive: Path, progress: Progress | None = None) -> builtins.list[str]:
         from .archive import load_archive
 
         return load_archive(self, Path(archive), progress)
 
-    def save(self, refs: list[str], out: Path) -> None:
+    def save(self, refs: builtins.list[str], out: Path) -> None:
         from .archive import save_archive
 
         save_archive(self, refs, Path(out))
