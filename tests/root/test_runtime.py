@@ -260,8 +260,10 @@ def _read_all(fd: int) -> str:
 def test_exec_joins_the_container(ct: Containers) -> None:
     spec = ct.spec("sh", "-c", "echo secret > /tmp/mark; exec sleep 30")
     ct.rt.create(spec)
+    fds_before = sorted(os.listdir("/proc/self/fd"))
     p = ct.rt.exec(spec.bundle_dir, ProcessSpec(args=("sh", "-c", "ps; cat /tmp/mark; "
-                                                       "hostname; exit 3"),
+                                                       "hostname; grep -E 'CapEff|Seccomp:' "
+                                                       "/proc/self/status; exit 3"),
                                                  env=("PATH=/bin",)), stdin=False)
     out = _read_all(p.stdout)
     assert select.select([p.status_fd], [], [], 10)[0]
@@ -270,6 +272,7 @@ def test_exec_joins_the_container(ct: Containers) -> None:
     lines = out.splitlines()
     assert any(line.split()[:3] == ["1", "root", "sleep"] for line in lines)
     assert "secret" in lines and spec.hostname in lines
+    assert "CapEff:\t00000000a80425fb" in lines and "Seccomp:\t2" in lines
 
     p = ct.rt.exec(spec.bundle_dir, ProcessSpec(args=("cat",), env=("PATH=/bin",)),
                    stdin=True)
@@ -283,6 +286,7 @@ def test_exec_joins_the_container(ct: Containers) -> None:
 
     with pytest.raises(RuntimeFailure, match="executable file not found"):
         ct.rt.exec(spec.bundle_dir, ProcessSpec(args=("nosuch",)), stdin=False)
+    assert sorted(os.listdir("/proc/self/fd")) == fds_before  # nothing leaked here
 
 
 def test_kill_and_delete(ct: Containers) -> None:
