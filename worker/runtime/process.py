@@ -121,4 +121,4 @@ def exec_process(process: ProcessSpec, seccomp_bpf: bytes | None, *, error_fd: i
     try:
         os.execve(path, list(process.args), env)
     except OSError as e:
-        raise ExecError(f'exec: "{process.args[0]}": {e.strerror.lower()}') from None
+        raise ExecError(f'exec: "{process.args[0]}": {(e.strerror or str(e)).lower()}') from None

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 from pyswarm.common.errors import InvalidArgument, NotFound, RuntimeFailure
 
@@ -143,7 +144,7 @@ class Runtime:
         return answer
 
     @staticmethod
-    def _answer(sock: socket.socket, what: str) -> dict[str, object]:
+    def _answer(sock: socket.socket, what: str) -> dict[str, Any]:
         with sock:
             sock.settimeout(CREATE_TIMEOUT)
             try:
@@ -186,7 +187,7 @@ class Runtime:
                 out.write(text)
         msg = self._answer(self._request(CreateRequest(spec, self.driver), []),
                            f"starting container {spec.id[:12]}")
-        return ContainerState("running", int(msg["pid"]), int(msg["shim_pid"]),  # type: ignore[call-overload]
+        return ContainerState("running", int(msg["pid"]), int(msg["shim_pid"]),
                               None, False, str(msg["started_at"]), "", "")
 
     def state(self, bundle_dir: str) -> ContainerState:
@@ -234,7 +235,7 @@ class Runtime:
         except BaseException:
             proc.close()
             raise
-        proc.pid = int(msg["pid"])  # type: ignore[call-overload]
+        proc.pid = int(msg["pid"])
         return proc
 
     def delete(self, bundle_dir: str) -> None:
