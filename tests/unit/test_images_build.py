@@ -249,3 +249,20 @@ def test_history_records_steps(env: tuple[ImageStore, Path, FakeRunner]) -> None
     assert hist[0]["empty_layer"] is True and "ENV A=1" in hist[0]["created_by"]
     assert "COPY" in hist[1]["created_by"] and "empty_layer" not in hist[1]
     json.dumps(img.config)
+
+
+def test_dockerignore(env: tuple[ImageStore, Path, FakeRunner]) -> None:
+    _, ctx, _ = env
+    (ctx / ".git").mkdir()
+    (ctx / ".git/HEAD").write_text("ref")
+    (ctx / "conf/secret.key").write_text("k")
+    (ctx / "notes.md").write_text("n")
+    (ctx / "README.md").write_text("r")
+    (ctx / ".dockerignore").write_text("# comment\n.git\n**/*.key\n*.md\n!README.md\n")
+    img = _build(env, "FROM scratch\nCOPY . /src/\n")
+    top = Path(img.layer_dirs[0]) / "src"
+    assert sorted(os.listdir(top)) == [".dockerignore", "Dockerfile", "README.md", "app.py",
+                                       "conf"]
+    assert sorted(os.listdir(top / "conf")) == ["a.ini", "b.ini"]
+    with pytest.raises(InvalidArgument, match="no source files"):
+        _build(env, "FROM scratch\nCOPY notes.md /\n")

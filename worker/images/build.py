@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import shutil
 import stat
 import tempfile
@@ -90,6 +91,7 @@ class _Builder:
         self.progress = progress
         self.no_cache = no_cache
         self.used_args: set[str] = set()
+        self.ignored = _dockerignore(self.context)
 
     def run(self, instructions: list[df.Instruction], tags: list[str]) -> Image:
         if not instructions:
@@ -156,7 +158,7 @@ class _Builder:
 
     def _key(self, st: _State, *parts: str) -> str:
         h = hashlib.sha256(json.dumps([st.image.id if st.image else "scratch",
-                                       st.config, *parts]).encode())
+                                       st.config, *parts], sort_keys=True).encode())
         return "sha256:" + h.hexdigest()
 
     def _commit(self, st: _State, layer: Path | None, created_by: str, *, inst_text: str,
@@ -301,7 +303,8 @@ class _Builder:
                     target = dest_abs
                     _stage_parents(st.image, root, target, include_self=True,
                                    owner=(uid, gid))
-                    _copy_tree(src, root / target.lstrip("/"), uid, gid, mode)
+                    _copy_tree(src, root / target.lstrip("/"), uid, gid, mode,
+                               lambda p: self.ignored(os.path.relpath(p, self.context)))
                 elif inst.cmd == "ADD" and _is_archive(src):
                     _stage_parents(st.image, root, dest_abs, include_self=True,
                                    owner=(uid, gid))
@@ -335,6 +338,7 @@ class _Builder:
             found = sorted(glob.glob(rel, root_dir=self.context))
         else:
             found = [rel] if os.path.lexists(self.context / rel) else []
+        found = [f for f in found if not self.ignored(posixpath.normpath(f))]
         out = []
         for f in found:
             real = Path(os.path.realpath(self.context / f))
@@ -444,24 +448,71 @@ def _copy_file(src: Path, dst: Path, uid: int, gid: int, mode: int | None) -> No
         os.chmod(dst, mode)
 
 
-def _copy_tree(src: Path, dst: Path, uid: int, gid: int, mode: int | None) -> None:
+def _copy_tree(src: Path, dst: Path, uid: int, gid: int, mode: int | None,
+               skip: Callable[[Path], bool]) -> None:
     """The folder's content (not the folder itself) into dst, symlinks kept as links."""
     dst.mkdir(parents=True, exist_ok=True)
     for name in sorted(os.listdir(src)):
         s, d = src / name, dst / name
+        if skip(s):
+            continue
         if s.is_symlink():
             os.symlink(os.readlink(s), d)
             _chown(d, uid, gid)
         elif s.is_dir():
             d.mkdir(exist_ok=True)
             shutil.copystat(s, d)
-            _copy_tree(s, d, uid, gid, mode)
+            _copy_tree(s, d, uid, gid, mode, skip)
             _chown(d, uid, gid)
             if mode is not None:
                 os.chmod(d, mode)
         elif s.is_file():
             _copy_file(s, d, uid, gid, mode)
         # Sockets, fifos and devices in a build context are not copied.
+
+
+def _dockerignore(context: Path) -> Callable[[str], bool]:
+    """A predicate for context-relative paths excluded by ``.dockerignore``.
+
+    Docker's rules: patterns relative to the context root, ``*``/``?`` within one path
+    element, ``**`` across any number, ``!`` re-includes; the last matching line wins and a
+    pattern that matches a folder excludes what is under it.
+    """
+    try:
+        lines = (context / ".dockerignore").read_text().splitlines()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return lambda rel: False
+    rules: list[tuple[bool, re.Pattern[str]]] = []
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        neg = line.startswith("!")
+        pat = posixpath.normpath(line.lstrip("!").strip().lstrip("/"))
+        rx = ""
+        i = 0
+        while i < len(pat):
+            if pat.startswith("**", i):
+                rx += ".*"
+                i += 2
+                if pat.startswith("/", i):
+                    rx, i = rx + "(?:/|)", i + 1
+            elif pat[i] == "*":
+                rx, i = rx + "[^/]*", i + 1
+            elif pat[i] == "?":
+                rx, i = rx + "[^/]", i + 1
+            else:
+                rx, i = rx + re.escape(pat[i]), i + 1
+        rules.append((neg, re.compile(rx + "(?:/.*)?")))
+
+    def ignored(rel: str) -> bool:
+        out = False
+        for neg, rx in rules:
+            if rx.fullmatch(rel):
+                out = not neg
+        return out
+
+    return ignored
 
 
 def _tree_digest(root: Path) -> str:

@@ -259,9 +259,13 @@ class ImageStore:
             with self.locked():
                 referenced = self._referenced()
                 for d in txn.layer_dirs:
-                    meta = json.loads(d.with_name(d.name + ".json").read_text())
-                    if meta["chain_id"] not in referenced["chains"]:
-                        d.with_name(d.name + ".json").unlink(missing_ok=True)
+                    meta_path = d.with_name(d.name + ".json")
+                    try:
+                        chain = json.loads(meta_path.read_text())["chain_id"]
+                    except (OSError, ValueError, KeyError):
+                        chain = None
+                    if chain not in referenced["chains"]:
+                        meta_path.unlink(missing_ok=True)
                         _rm(d)
                 for b in txn.blobs:
                     if b not in referenced["blobs"]:
