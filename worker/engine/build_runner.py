@@ -9,6 +9,7 @@ build's progress as it is printed.
 from __future__ import annotations
 
 import secrets
+import os
 import select
 import shutil
 from collections.abc import Callable, Sequence
@@ -48,9 +49,13 @@ class EngineStepRunner:
             reader.initial()
             runtime.create(spec)
             fd = runtime.shim_pidfd(str(bundle))
-            while fd is not None and not select.select([fd], [], [], POLL)[0]:
-                for line in reader.poll():
-                    on_output(line.data.decode(errors="replace").rstrip("\n"))
+            try:
+                while fd is not None and not select.select([fd], [], [], POLL)[0]:
+                    for line in reader.poll():
+                        on_output(line.data.decode(errors="replace").rstrip("\n"))
+            finally:
+                if fd is not None:
+                    os.close(fd)
             for line in reader.poll():
                 on_output(line.data.decode(errors="replace").rstrip("\n"))
             reader.close()
