@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
 from pyswarm.common.errors import Conflict, CorruptData, NotFound
+from pyswarm.worker.images.layers import unpack_layer
 from pyswarm.worker.images.store import ImageStore
 
 from .test_images_helpers import Entry, layer_tar, save_archive, sha, store_contents
@@ -255,3 +261,22 @@ def test_not_an_archive(store: ImageStore, tmp_path: Path) -> None:
         pass
     with pytest.raises(CorruptData, match="neither manifest.json nor index.json"):
         store.load(p)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(hs.lists(hs.tuples(hs.integers(0, len(TOP) - 1), hs.integers(0, 255)), min_size=1,
+                max_size=8))
+def test_fuzz_unpack_only_corrupt_data(tmp_path: Path, flips: list[tuple[int, int]]) -> None:
+    """A damaged layer either unpacks inside its folder or fails with CorruptData."""
+    data = bytearray(TOP)
+    for pos, val in flips:
+        data[pos] = val
+    dest = Path(tempfile.mkdtemp(dir=tmp_path))
+    try:
+        unpack_layer(io.BytesIO(bytes(data)), dest, [], "fuzz")
+    except CorruptData:
+        pass
+    outside = {p.name for p in tmp_path.iterdir()}
+    assert all(n.startswith("tmp") for n in outside)
+    shutil.rmtree(dest)
