@@ -8,8 +8,8 @@ build's progress as it is printed.
 
 from __future__ import annotations
 
-import secrets
 import os
+import secrets
 import select
 import shutil
 from collections.abc import Callable, Sequence
@@ -18,7 +18,8 @@ from pathlib import Path
 from pyswarm.proto import engine_pb2 as pb
 from pyswarm.worker.engine.core import Engine
 from pyswarm.worker.engine.logs import LogReader
-from pyswarm.worker.images.build import StepResult, build_image
+from pyswarm.worker.images.build import StepResult
+from pyswarm.worker.images.build import build as build_image
 from pyswarm.worker.images.store import Image
 from pyswarm.worker.runtime.spec import ContainerSpec, NetworkMode, ProcessSpec
 

@@ -15,6 +15,7 @@ Policy:
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import re
 import secrets
@@ -24,6 +25,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pyswarm.common.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
 from pyswarm.common.paths import EngineConfig
@@ -408,8 +410,6 @@ class Engine:
             return any(r.image_id == image_id for r in self._records.values())
 
     def commit(self, req: pb.CommitRequest) -> Image:
-        from pyswarm.worker.images.dockerfile import apply_changes
-
         record = self.resolve(req.container)
         parent = self.images.get(record.image_id)
         config = apply_changes(parent.config.get("config") or {}, list(req.changes))
@@ -447,3 +447,25 @@ class Engine:
 
 
 ProgressFn = Callable[[str], None]
+
+
+def apply_changes(config: dict[str, Any], changes: list[str]) -> dict[str, Any]:
+    """``commit -c``: Dockerfile instructions that change only the config (CMD, ENV, ...)
+    applied to a copy of an image config's "config" section."""
+    from pyswarm.worker.images import dockerfile as df
+
+    result = copy.deepcopy(config)
+    for change in changes:
+        try:
+            instructions = df.parse(change)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f'invalid change "{change}": {exc}') from None
+        for inst in instructions:
+            if inst.cmd not in df.CONFIG_ONLY:
+                raise InvalidArgument(
+                    f'invalid change "{change}": {inst.cmd} cannot be applied by commit '
+                    f"(only {', '.join(sorted(df.CONFIG_ONLY))})"
+                )
+            env = df.substitution_env(result, {})
+            df.apply_config(result, inst, env)
+    return result
