@@ -82,9 +82,17 @@ async def serve(cfg: EngineConfig, runtime: object, cgroup_driver: str) -> None:
     print(f"pyswarm daemon: serving on unix://{sock} (root {cfg.root}, "
           f"{len(running)} running container(s) re-adopted)", flush=True)
     await stop.wait()
-    print("pyswarm daemon: shutting down; containers keep running", flush=True)
     await server.stop(grace=2)
     sock.unlink(missing_ok=True)
+    still_running = [r for r in engine.list() if r.state == "running"]
+    if still_running:
+        print(f"pyswarm daemon: shutting down; {len(still_running)} container(s) keep running",
+              flush=True)
+    else:
+        # Nothing runs: leave no bridge, nftables table or namespace behind.
+        await asyncio.to_thread(network.teardown)
+        print("pyswarm daemon: shut down; no container was running, network removed", flush=True)
+    network.close()
 
 
 def run(cfg: EngineConfig) -> int:
