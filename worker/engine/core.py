@@ -360,12 +360,12 @@ class Engine:
         record.finished_at = state.finished_at or now()
         record.error = state.error
         self.runtime.delete(str(bundle))
-        if record.network == "bridge":
-            self.network.detach(cid)
-        self._save(record)
         if record.auto_remove:
             self.remove(cid, force=True, volumes=True)
             return None
+        if record.network == "bridge":
+            self.network.detach(cid)
+        self._save(record)
         return record
 
     def kill(self, ref: str, sig: int) -> ContainerRecord:

@@ -77,12 +77,13 @@ class ContainerRecord:
         return cls(**values)
 
     def save(self, bundle: Path) -> None:
-        """Atomically: a crash leaves the old record or the new one, never half of one."""
+        """Atomically: a daemon crash leaves the old record or the new one, never half of one.
+
+        No fsync: the record must survive the daemon, not the machine. After a power loss
+        no container survives either, and an fsync costs more than the rest of a start.
+        """
         tmp = bundle / "config.json.tmp"
-        with open(tmp, "w") as f:
-            f.write(self.to_json())
-            f.flush()
-            os.fsync(f.fileno())
+        tmp.write_text(self.to_json())
         os.replace(tmp, bundle / "config.json")
 
     @classmethod
