@@ -94,7 +94,8 @@ def test_isolation_pid_hostname_mounts(daemon: Daemon) -> None:
     assert lines[0] == "1"  # the shell is pid 1 of its own pid namespace
     assert int(lines[1]) <= 3  # sh, ls, grep: no host processes
     mount_points = {line.split()[1] for line in lines[2:]}
-    host_points = {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
+    mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+    host_points = {line.split()[4] for line in mountinfo}
     # The host's own mounts (its cgroup hierarchies, the state folder...) are invisible.
     assert not mount_points & (host_points - {"/", "/proc", "/dev", "/dev/pts", "/dev/shm",
                                               "/sys", "/dev/mqueue", "/tmp", "/run"}), mount_points
@@ -415,3 +416,23 @@ def test_no_daemon_says_how_to_start_one(tmp_path: Path) -> None:
                          env=dict(os.environ, PYSWARM_RUN=str(tmp_path)))
     assert out.returncode == 125
     assert "pyswarm daemon -d" in out.stderr
+
+
+# ---- registries --------------------------------------------------------------------------
+
+from tests.test_registry_images import registry  # noqa: E402,F401  (the real docker-registry)
+
+
+def test_push_and_pull_through_the_cli(daemon: Daemon, registry: str) -> None:  # noqa: F811
+    ref = f"{registry}/demo/busybox:1"
+    daemon.cli("image", "tag", "busybox:latest", ref)
+    pushed = daemon.cli("image", "push", ref)
+    assert pushed.stdout.strip()
+    daemon.cli("image", "rm", ref)
+    assert ref not in daemon.cli("image", "ls").stdout.replace("   ", " ")
+    daemon.cli("image", "pull", ref)
+    out = daemon.cli("run", "--rm", ref, "echo", "pulled and ran")
+    assert out.stdout == "pulled and ran\n"
+    missing = daemon.cli("image", "pull", f"{registry}/demo/nosuch:1", check=False)
+    assert missing.returncode == 125 and missing.stderr.strip()
+    daemon.cli("image", "rm", ref)
