@@ -1,0 +1,20 @@
+"""The store's own error: a write lost an optimistic-locking race."""
+
+from __future__ import annotations
+
+from pyswarm.common.errors import Conflict
+
+
+class VersionConflict(Conflict):
+    """A write expected an object at one version and found another (or found it gone/present).
+
+    `revision` is the backend revision at which the conflict was seen (0 when unknown): a
+    store sharing its backend with other writers waits until its memory view has caught up to
+    it before re-running a transaction.
+    """
+
+    def __init__(self, message: str, *, kind: str = "", id: str = "", revision: int = 0):
+        super().__init__(message)
+        self.kind = kind
+        self.id = id
+        self.revision = revision

@@ -1,0 +1,210 @@
+"""The store: the memory view, its transactions and watchers, over a durable backend.
+
+Write path (`update`): run fn on a WriteTx (synchronously, so it sees one stable view),
+commit its writes to the backend in one atomic commit, stamp every written object with the
+commit's revision as meta.version, publish the next snapshot, then the events and a Commit.
+Writes from one Store are serialized by one lock.
+
+Foreign writes (other managers sharing an etcd cluster) arrive through the backend's watch
+and are applied under the same lock, so a watcher sees each commit's events together and
+own and foreign commits never interleave. A change is applied only if it is newer than the
+object in memory: the watch also carries this store's own commits, which are already applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TypeVar
+
+from google.protobuf.message import Message
+from pyswarm.common.errors import InvalidArgument
+
+from .backends.base import Backend, ChangeBatch, Op
+from .errors import VersionConflict
+from .memory import Snapshot
+from .model import KINDS, decode
+from .tx import ReadTx, Write, WriteTx
+from .watch import Event, Watch
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+# How long a retry after a conflict waits for the watch to bring the memory view up to the
+# revision the conflict was seen at. Past it the retry runs anyway (and may conflict again).
+CATCH_UP_TIMEOUT = 5.0
+
+
+def _event(kind: str, new: Message | None, old: Message | None) -> Event:
+    if new is None:
+        assert old is not None
+        return Event("delete", kind, old, old)
+    return Event("create" if old is None else "update", kind, new, old)
+
+
+class Store:
+    def __init__(self, backend: Backend, snapshot: Snapshot):
+        self._backend = backend
+        self._snapshot = snapshot
+        self._lock = asyncio.Lock()
+        self._watches: set[Watch] = set()
+        self._watched = snapshot.revision  # foreign commits applied up to here
+        self._progress = asyncio.Condition()
+        self._watch_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, backend: Backend) -> Store:
+        """Load every object from the backend and follow other writers' commits."""
+        revision, records = await backend.load()
+        writes = [
+            (kind, id, decode(kind, rec.data, rec.version))
+            for kind, by_id in records.items()
+            if kind in KINDS  # a newer manager's kinds are left alone
+            for id, rec in by_id.items()
+        ]
+        store = cls(backend, Snapshot().apply(writes, revision))
+        changes = backend.watch()
+        if changes is not None:
+            store._watch_task = asyncio.create_task(store._follow(changes))
+        return store
+
+    @property
+    def revision(self) -> int:
+        return self._snapshot.revision
+
+    def view(self) -> ReadTx:
+        """A read-only view of the current snapshot; it never changes once taken."""
+        return ReadTx(self._snapshot)
+
+    def watch(self, kinds: set[str] | None = None) -> Watch:
+        """Events of every commit from now on (only of `kinds`, if given), each commit's
+        events followed by a Commit. Close the watch when done with it."""
+        for kind in kinds or ():
+            if kind not in KINDS:
+                raise ValueError(f"unknown kind {kind!r}")
+        watch = Watch(kinds, self._watches.discard)
+        self._watches.add(watch)
+        return watch
+
+    async def update(
+        self, fn: Callable[[WriteTx], T], *, retries: int = 0, atomic: bool = True
+    ) -> T:
+        """Run fn on a write transaction and commit what it wrote; fn's result.
+
+        If fn raises, nothing is written. On VersionConflict (from fn's own checks or from
+        the backend) fn is run again, on fresh reads, up to `retries` times.
+
+        atomic=False lets a write larger than the backend's per-commit limit (etcd's
+        --max-txn-ops) go out as several commits, each atomic on its own: if one of them
+        conflicts, the ones before it stay committed. Only for writers that re-derive their
+        work from the store (the orchestrator, the scheduler), never for user requests.
+        """
+        attempt = 0
+        while True:
+            try:
+                async with self._lock:
+                    tx = WriteTx(self._snapshot)
+                    result = fn(tx)
+                    await self._commit(tx.writes(), atomic)
+                    return result
+            except VersionConflict as conflict:
+                if attempt >= retries:
+                    raise
+                attempt += 1
+                await self._catch_up(conflict.revision)
+
+    async def batch(self, fn: Callable[[WriteTx], T], *, retries: int = 0) -> T:
+        """`update(fn, atomic=False)`: for bulk writes that may exceed one backend commit."""
+        return await self.update(fn, retries=retries, atomic=False)
+
+    async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        for watch in list(self._watches):
+            watch.close()
+        await self._backend.close()
+
+    # ---- own commits --------------------------------------------------------------------
+
+    async def _commit(self, writes: list[Write], atomic: bool) -> None:
+        if not writes:
+            return
+        limit = self._backend.max_ops
+        if limit is None or len(writes) <= limit:
+            chunks = [writes]
+        elif atomic:
+            raise InvalidArgument(
+                f"{len(writes)} writes exceed the backend's limit of {limit} per atomic "
+                "commit; split the work or use Store.batch()"
+            )
+        else:
+            chunks = [writes[i : i + limit] for i in range(0, len(writes), limit)]
+        for chunk in chunks:
+            ops = [
+                Op(w.kind, w.id, w.obj.SerializeToString() if w.obj else None, w.expected_version)
+                for w in chunk
+            ]
+            revision = await self._backend.commit(ops)
+            for w in chunk:
+                if w.obj is not None:
+                    w.obj.meta.version = revision  # type: ignore[attr-defined]
+            self._apply(((w.kind, w.id, w.obj) for w in chunk), revision)
+
+    # ---- foreign commits ----------------------------------------------------------------
+
+    async def _follow(self, batches: AsyncIterator[ChangeBatch]) -> None:
+        try:
+            async for batch in batches:
+                async with self._lock:
+                    self._apply_foreign(batch)
+                async with self._progress:
+                    self._watched = max(self._watched, batch.revision)
+                    self._progress.notify_all()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The backend's watch retries what it can; past that this view is stale.
+            log.exception("store: the backend's watch failed; the memory view is now stale")
+
+    def _apply_foreign(self, batch: ChangeBatch) -> None:
+        writes: list[tuple[str, str, Message | None]] = []
+        for change in batch.changes:
+            if change.kind not in KINDS:
+                continue
+            old = self._snapshot.get(change.kind, change.id)
+            if old is not None and old.meta.version >= change.version:  # type: ignore[attr-defined]
+                continue  # our own commit, or older than what we have
+            if change.data is None:
+                if old is not None:
+                    writes.append((change.kind, change.id, None))
+                continue
+            new = decode(change.kind, change.data, change.version)
+            writes.append((change.kind, change.id, new))
+        if writes:
+            self._apply(writes, batch.revision)
+
+    async def _catch_up(self, revision: int) -> None:
+        """Wait until foreign commits up to `revision` are in memory (when there are any)."""
+        if self._watch_task is None or revision <= self._watched:
+            return
+        await self._backend.request_progress()
+        async with self._progress:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._progress.wait_for(lambda: self._watched >= revision),
+                    CATCH_UP_TIMEOUT,
+                )
+
+    # ---- both ---------------------------------------------------------------------------
+
+    def _apply(self, writes: Iterable[tuple[str, str, Message | None]], revision: int) -> None:
+        before = self._snapshot
+        writes = list(writes)
+        self._snapshot = before.apply(writes, revision)
+        events = [_event(kind, new, before.get(kind, id)) for kind, id, new in writes]
+        for watch in list(self._watches):
+            watch.publish(events, revision)
