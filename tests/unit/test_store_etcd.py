@@ -96,3 +96,27 @@ def test_a_lost_race_is_retried_on_fresh_reads(new_store) -> None:  # type: igno
         await b.close()
 
     run(body())
+
+
+def test_leader_election_hands_over_when_the_leader_resigns(etcd_server: EtcdServer) -> None:  # noqa: F811
+    from pyswarm.manager.store.backends.etcd import EtcdBackend
+
+    prefix = f"/pyswarm-test/{uuid.uuid4().hex}/"
+
+    async def body() -> None:
+        one, two = (EtcdBackend([etcd_server.endpoint], prefix=prefix) for _ in range(2))
+        first = await one.campaign("leader", b"manager-1", ttl=5)
+        assert await two.leader("leader") == b"manager-1"
+        second = asyncio.ensure_future(two.campaign("leader", b"manager-2", ttl=5))
+        await asyncio.sleep(0.3)
+        assert not second.done(), "only one leader at a time"
+        await first.resign()
+        assert first.lost.is_set()
+        lead = await asyncio.wait_for(second, 10)
+        assert await one.leader("leader") == b"manager-2" and not lead.lost.is_set()
+        await lead.resign()
+        assert await one.leader("leader") is None
+        await one.close()
+        await two.close()
+
+    run(body())

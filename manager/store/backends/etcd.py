@@ -37,6 +37,7 @@ from aetcd.utils import prefix_range_end
 
 from ..errors import VersionConflict
 from .base import Change, ChangeBatch, Op, Record
+from .etcd_election import Leadership, campaign, leader
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,19 @@ class EtcdBackend:
             await self._watch_call.write(
                 rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
             )
+
+    # ---- leader election ----------------------------------------------------------------
+
+    def _election_key(self, name: str) -> bytes:
+        return (self.prefix.rstrip("/") + ".election/" + name).encode()
+
+    async def campaign(self, name: str, value: bytes, ttl: int = 10) -> Leadership:
+        """Block until this manager leads election `name` (see etcd_election)."""
+        return await campaign(self._chan(), self._election_key(name), value, ttl)
+
+    async def leader(self, name: str) -> bytes | None:
+        """The value the current leader of `name` campaigned with, or None."""
+        return await leader(self._chan(), self._election_key(name))
 
     async def close(self) -> None:
         if self._watch_call is not None:
