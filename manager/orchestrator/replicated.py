@@ -1,0 +1,124 @@
+"""Replicated services: ``replicas`` slots, each with one healthy task.
+
+Policy (SwarmKit's): a slot is held by the tasks the manager still wants to run
+(desired <= RUNNING), ended or not. Too few slots: new slots take the lowest free numbers.
+Too many (scale down): whole slots are shut down, those whose task is not running first
+(pending, starting, lost, ended), then those on the nodes with the most tasks of the
+service (recounted after each pick, so the survivors stay spread), then the highest slot.
+Every other slot goes through slots.py (lost nodes, restarts, start-first pairs), then the
+rolling update, then the history limit.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+
+from pyswarm.manager.orchestrator.actions import Action, CreateTask, ShutdownTask
+from pyswarm.manager.orchestrator.history import history_removals
+from pyswarm.manager.orchestrator.slots import (
+    RUNNING,
+    NodeProblem,
+    SlotOutcome,
+    reconcile_slot,
+)
+from pyswarm.manager.orchestrator.tasks import SpecCheck, has_ended, is_runnable
+from pyswarm.manager.orchestrator.update import plan_update
+from pyswarm.proto.objects_pb2 import Node, NodeAvailability, NodeState, Service, Task
+
+
+def node_problem(nodes: Mapping[str, Node]) -> NodeProblem:
+    """Why a live replicated task cannot stay on its node (None: it can)."""
+
+    def problem(task: Task) -> str | None:
+        if not task.node_id:
+            return None  # not placed yet: the scheduler's business
+        node = nodes.get(task.node_id)
+        if node is None or node.status.state == NodeState.NODE_STATE_DOWN:
+            return "node down"
+        if node.spec.availability == NodeAvailability.NODE_AVAILABILITY_DRAIN:
+            return "node drained"
+        return None
+
+    return problem
+
+
+
+def reconcile_replicated(service: Service, tasks: Sequence[Task], nodes: Mapping[str, Node],
+                         now: float) -> list[Action]:
+    spec = SpecCheck(service)
+    problem = node_problem(nodes)
+    by_slot: dict[int, list[Task]] = defaultdict(list)
+    for task in tasks:
+        by_slot[task.slot].append(task)
+    actions: list[Action] = []
+
+    # Slot 0 is not a replica (a global task left from a mode change): stop it.
+    for task in by_slot.pop(0, []):
+        if is_runnable(task):
+            actions.append(ShutdownTask(task.id, "not a replica slot"))
+
+    held = {slot: [t for t in ts if is_runnable(t)] for slot, ts in by_slot.items()}
+    held = {slot: ts for slot, ts in held.items() if ts}
+    want = service.spec.replicated.replicas
+
+    victims = _scale_down(held, len(held) - want, problem)
+    for slot in sorted(victims):
+        actions.extend(ShutdownTask(t.id, "scale down") for t in held[slot])
+
+    outcomes: list[SlotOutcome] = []
+    for slot in sorted(held.keys() - victims):
+        outcome = reconcile_slot(service, slot, "", held[slot], by_slot[slot], spec, problem,
+                                 True, now)
+        actions.extend(outcome.actions)
+        outcomes.append(outcome)
+
+    # Scale up: the lowest slot numbers no task holds.
+    missing = want - len(held)
+    slot = 0
+    while missing > 0:
+        slot += 1
+        if slot not in held:
+            actions.append(CreateTask(service.id, slot))
+            missing -= 1
+
+    actions.extend(plan_update(service, outcomes))
+    for slot in sorted(by_slot):
+        actions.extend(history_removals(service, by_slot[slot]))
+    return actions
+
+
+def _scale_down(held: Mapping[int, list[Task]], excess: int, problem: NodeProblem) -> set[int]:
+    """The ``excess`` slots to shut down (policy in the module docstring)."""
+    if excess <= 0:
+        return set()
+
+    def running_on(tasks: list[Task]) -> str | None:
+        """The node of the slot's running, healthy task (None: nothing running)."""
+        for task in tasks:
+            if (task.status.state == RUNNING and not has_ended(task)
+                    and problem(task) is None):
+                return task.node_id
+        return None
+
+    running = {slot: running_on(tasks) for slot, tasks in held.items()}
+    idle = sorted((s for s, node in running.items() if node is None), reverse=True)
+    victims = set(idle[:excess])
+    excess -= len(victims)
+    if excess <= 0:
+        return victims
+    per_node = Counter(node for node in running.values() if node is not None)
+    # Lazy max-heap on (tasks on the node, slot): stale counts are re-pushed when popped.
+    heap = [(-per_node[node], -slot, node) for slot, node in running.items()
+            if node is not None]
+    heapq.heapify(heap)
+    while excess > 0 and heap:
+        neg_count, neg_slot, node = heapq.heappop(heap)
+        if -neg_count != per_node[node]:
+            heapq.heappush(heap, (-per_node[node], neg_slot, node))
+            continue
+        victims.add(-neg_slot)
+        per_node[node] -= 1
+        excess -= 1
+    return victims
