@@ -54,3 +54,16 @@ def explain(exc: Exception) -> CLIError:
             return _not_running()
         return CLIError(f"Error response from daemon: {exc.details()}")
     return CLIError(str(exc))
+
+
+def control() -> Any:
+    """A ControlStub (the cluster API) on the same local socket as the engine."""
+    sock = socket_path()
+    if not sock.exists():
+        raise _not_running()
+    if not os.access(sock, os.R_OK | os.W_OK):
+        raise CLIError(f"permission denied on {sock}: the pyswarm socket is root-only; use sudo")
+    import grpc
+    from pyswarm.proto import cluster_pb2_grpc
+
+    return cluster_pb2_grpc.ControlStub(grpc.insecure_channel(f"unix://{sock}"))
