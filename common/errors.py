@@ -29,3 +29,7 @@ class CorruptData(PyswarmError):
 
 class RuntimeFailure(PyswarmError):
     """The kernel refused something while setting up or running a container."""
+
+
+class FailedPrecondition(PyswarmError):
+    """The request is fine but the system is not in a state to do it (not a manager...)."""

@@ -9,68 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import inspect
 import json
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-import grpc
 from pyswarm.common import errors
+from pyswarm.common.rpc import user_errors
 from pyswarm.proto import engine_pb2 as pb
 from pyswarm.proto import engine_pb2_grpc as pb_grpc
 from pyswarm.worker.engine.core import Engine
 from pyswarm.worker.engine.logs import LogLine, LogReader
 from pyswarm.worker.engine.records import ContainerRecord
 
+T = TypeVar("T")
+
 VERSION = "0.1.0"
 API_VERSION = "1"
 DEFAULT_STOP_TIMEOUT = 10  # seconds between the stop signal and SIGKILL, Docker's default
 LOG_POLL = 0.05  # seconds between looks at a followed log file
-
-_CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
-    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
-    (errors.Conflict, grpc.StatusCode.ALREADY_EXISTS),
-    (errors.CorruptData, grpc.StatusCode.DATA_LOSS),
-    (errors.RuntimeFailure, grpc.StatusCode.FAILED_PRECONDITION),
-]
-
-T = TypeVar("T")
-
-
-def status_for(exc: errors.PyswarmError) -> grpc.StatusCode:
-    for kind, code in _CODES:
-        if isinstance(exc, kind):
-            return code
-    return grpc.StatusCode.UNKNOWN
-
-
-def user_errors(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a PyswarmError raised by the engine into a gRPC status with its message."""
-    if not inspect.isasyncgenfunction(method):
-
-        @functools.wraps(method)
-        async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                return await method(self, request, context)
-            except errors.PyswarmError as exc:
-                await context.abort(status_for(exc), str(exc))
-
-        return unary
-
-    @functools.wraps(method)
-    async def streaming(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            async for item in method(self, request, context):
-                yield item
-        except errors.PyswarmError as exc:
-            await context.abort(status_for(exc), str(exc))
-
-    return streaming
-
 
 def to_pb(record: ContainerRecord) -> pb.Container:
     return pb.Container(

@@ -1,0 +1,25 @@
+"""Every timing of the manager, each with the reason for its default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    # Workers heartbeat this often. Swarm uses 5 s; we want a dead node noticed in seconds,
+    # and a heartbeat is one tiny unary RPC that never touches the store.
+    heartbeat_period: float = 1.0
+    # A node that misses this many periods is DOWN and its tasks are replaced at once.
+    # Three absorbs a GC pause or a slow network without flapping.
+    heartbeat_misses: int = 3
+    # After a manager (re)starts, nodes get this long to open a session before they are
+    # DOWN: as long as a missed-heartbeat window, so a manager restart never replaces tasks
+    # whose node merely has not reconnected yet.
+    reconnect_grace: float = 3.0
+    # Ended tasks kept per slot (`service ps` history), Swarm's default.
+    task_history_limit: int = 5
+
+    @property
+    def down_after(self) -> float:
+        return self.heartbeat_period * self.heartbeat_misses

@@ -1,0 +1,129 @@
+"""The orchestrator loop: keeps every service at its desired tasks.
+
+Edge-triggered intake, level-triggered work (SwarmKit's replicated orchestrator): store
+events only mark services dirty; at each commit every dirty service is reconciled from the
+store by the pure `reconcile()` and its actions are applied in one transaction.
+
+Policy beyond `reconcile()`:
+- A replacement that must wait (restart delay) is not created early: a timer marks the
+  service dirty again when the delay is over, and `reconcile()` then asks for it.
+- A removed service's tasks are shut down; ended ones are deleted once their node has
+  reported them (or at once if they never reached a node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from pyswarm.common import taskstate
+from pyswarm.manager.loops.tasks import copy, new_task, set_status
+from pyswarm.manager.orchestrator.actions import CreateTask, RemoveTask, ShutdownTask
+from pyswarm.manager.orchestrator.reconcile import reconcile
+from pyswarm.manager.store import Commit, Event, Store, WriteTx
+from pyswarm.proto import objects_pb2 as opb
+
+S = opb.TaskState
+
+
+class Orchestrator:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self._dirty: set[str] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    async def run(self) -> None:
+        watch = self.store.watch({"service", "task", "node"})
+        try:
+            self._dirty.update(s.id for s in self.store.view().all("service"))
+            self._dirty.update(t.service_id for t in self.store.view().all("task"))
+            await self._tick()
+            async for item in watch:
+                if isinstance(item, Event):
+                    self._mark(item)
+                elif isinstance(item, Commit):
+                    await self._tick()
+        finally:
+            watch.close()
+            for timer in self._timers.values():
+                timer.cancel()
+
+    def _mark(self, event: Event) -> None:
+        if event.kind == "service":
+            self._dirty.add(event.obj.id)
+        elif event.kind == "task":
+            self._dirty.add(event.obj.service_id)
+        elif event.kind == "node":
+            # A node's state or availability changes what fits where: every service.
+            view = self.store.view()
+            self._dirty.update(s.id for s in view.all("service"))
+
+    def mark_dirty(self, service_id: str) -> None:
+        self._dirty.add(service_id)
+
+    async def _tick(self) -> None:
+        if not self._dirty:
+            return
+        ids, self._dirty = self._dirty, set()
+        await self.store.update(lambda tx: self._reconcile(tx, ids), retries=5)
+
+    def _reconcile(self, tx: WriteTx, ids: set[str]) -> None:
+        now = self.clock()
+        nodes = {n.id: n for n in tx.all("node")}
+        for service_id in sorted(ids):
+            service = tx.get("service", service_id)
+            tasks = tx.find("task", service_id=service_id)
+            if service is None:
+                _wind_down(tx, tasks)
+                continue
+            for action in reconcile(service, tasks, nodes, now):
+                self._apply(tx, service, action, now)
+
+    def _apply(self, tx: WriteTx, service: opb.Service, action: object, now: float) -> None:
+        if isinstance(action, CreateTask):
+            if action.delay_until > now:
+                self._wake_at(service.id, action.delay_until - now)
+                return
+            tx.create(new_task(service, action.slot, action.node_id))
+        elif isinstance(action, ShutdownTask):
+            task = tx.get("task", action.task_id)
+            if task is None:
+                return
+            _shut_down(tx, task, action.reason)
+        elif isinstance(action, RemoveTask):
+            if tx.get("task", action.task_id) is not None:
+                tx.delete("task", action.task_id)
+
+    def _wake_at(self, service_id: str, delay: float) -> None:
+        if service_id in self._timers:
+            return
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:
+            self._timers.pop(service_id, None)
+            self._dirty.add(service_id)
+            loop.create_task(self._tick())
+
+        self._timers[service_id] = loop.call_later(max(delay, 0.0), wake)
+
+
+def _shut_down(tx: WriteTx, task: opb.Task, reason: str) -> None:
+    if task.desired_state >= S.TASK_STATE_SHUTDOWN and (
+            task.status.state >= S.TASK_STATE_ASSIGNED or taskstate.is_terminal(task.status.state)):
+        return
+    task = copy(task)
+    task.desired_state = max(task.desired_state, S.TASK_STATE_SHUTDOWN)  # type: ignore[assignment]
+    if task.status.state < S.TASK_STATE_ASSIGNED:
+        # Never reached a node: nobody else will report it ended.
+        set_status(task, S.TASK_STATE_SHUTDOWN, reason or "shutdown")
+    tx.update(task)
+
+
+def _wind_down(tx: WriteTx, tasks: list[opb.Task]) -> None:
+    for task in tasks:
+        if taskstate.is_terminal(task.status.state):
+            tx.delete("task", task.id)
+        else:
+            _shut_down(tx, task, "service removed")

@@ -1,0 +1,91 @@
+"""The scheduler loop: places pending tasks on nodes.
+
+At each commit that made a task pending, freed room on a node (a task ended or moved) or
+changed a node, every pending task is offered to the pure pipeline (`schedule()`), and its
+decisions are written in one transaction: ASSIGNED with the node for placed tasks; for the
+others the reason stays visible in the task's status message ("no suitable node (...)"),
+written only when it changes so that waiting tasks cost no writes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pyswarm.common import taskstate
+from pyswarm.manager.loops.tasks import copy, set_status
+from pyswarm.manager.scheduler.nodeinfo import build_node_infos
+from pyswarm.manager.scheduler.pipeline import schedule
+from pyswarm.manager.store import Commit, Event, Store, WriteTx
+from pyswarm.proto import objects_pb2 as opb
+
+S = opb.TaskState
+
+
+class Scheduler:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    async def run(self) -> None:
+        watch = self.store.watch({"task", "node"})
+        try:
+            await self._tick()
+            wanted = False
+            async for item in watch:
+                if isinstance(item, Event):
+                    wanted = wanted or _matters(item)
+                elif isinstance(item, Commit) and wanted:
+                    wanted = False
+                    await self._tick()
+        finally:
+            watch.close()
+
+    async def _tick(self) -> None:
+        view = self.store.view()
+        if not any(_pending(t) for t in view.all("task")):
+            return
+        await self.store.update(self._schedule, retries=5)
+
+    def _schedule(self, tx: WriteTx) -> None:
+        now = self.clock()
+        tasks = tx.all("task")
+        pending = [t for t in tasks if _pending(t)]
+        if not pending:
+            return
+        live = [t for t in tasks if t.node_id and taskstate.is_live(t.status.state)
+                and t.desired_state <= S.TASK_STATE_RUNNING and not _pending(t)]
+        failed = [t for t in tasks if t.node_id and t.status.state in
+                  (S.TASK_STATE_FAILED, S.TASK_STATE_REJECTED)]
+        infos = build_node_infos(tx.all("node"), live, failed, now)
+        decisions = schedule(pending, infos, now)
+        for task_id, node_id in decisions.assigned:
+            task = copy(tx.get("task", task_id))
+            task.node_id = node_id
+            set_status(task, S.TASK_STATE_ASSIGNED, "scheduler assigned task to node")
+            tx.update(task)
+        for task_id, reason in decisions.unplaced.items():
+            task = tx.get("task", task_id)
+            if task is not None and task.status.message != reason:
+                task = copy(task)
+                task.status.message = reason
+                task.status.err = reason
+                tx.update(task)
+
+
+def _pending(task: opb.Task) -> bool:
+    return task.status.state == S.TASK_STATE_PENDING and task.desired_state <= S.TASK_STATE_RUNNING
+
+
+def _matters(event: Event) -> bool:
+    if event.kind == "node":
+        return True
+    task = event.obj
+    if event.action == "delete":
+        return bool(task.node_id)
+    if _pending(task) and (event.old is None or not _pending(event.old)):
+        return True  # newly pending
+    # A task that ended or moved frees room on its node.
+    return event.old is not None and (
+        taskstate.is_terminal(task.status.state) != taskstate.is_terminal(event.old.status.state)
+        or task.desired_state != event.old.desired_state)

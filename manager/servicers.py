@@ -1,0 +1,204 @@
+"""gRPC servicers for the Control and Dispatcher APIs: translate, call one function, return.
+
+Both are served by every node daemon; until the node is a manager they answer
+FAILED_PRECONDITION, so a client learns what to do ("pyswarm init").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+from pyswarm.common.errors import FailedPrecondition
+from pyswarm.common.rpc import user_errors
+from pyswarm.manager import control
+from pyswarm.manager.manager import Manager
+from pyswarm.proto import cluster_pb2 as cpb
+from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
+from pyswarm.proto import objects_pb2 as opb
+
+NOT_A_MANAGER = ("this node is not a swarm manager. Use \"pyswarm init\" to make this node "
+                 "the manager of a new cluster")
+
+
+class ManagerHost(Protocol):
+    """What the daemon offers the servicers: its manager (if any) and the cluster actions
+    that involve the whole node (init)."""
+
+    manager: Manager | None
+
+    async def init_cluster(self, request: cpb.InitRequest) -> cpb.InitResponse: ...
+
+    def log_stream(self, task: opb.Task, follow: bool, tail: int) -> AsyncIterator[Any]: ...
+
+
+class NotManager(FailedPrecondition):
+    pass
+
+
+def _manager(host: ManagerHost) -> Manager:
+    if host.manager is None:
+        raise NotManager(NOT_A_MANAGER)
+    return host.manager
+
+
+async def _read(host: ManagerHost, fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(_manager(host).store.view(), *args)
+
+
+async def _write(host: ManagerHost, fn: Callable[..., Any], *args: Any) -> Any:
+    return await _manager(host).store.update(lambda tx: fn(tx, *args))
+
+
+class ControlServicer(cpb_grpc.ControlServicer):
+    def __init__(self, host: ManagerHost) -> None:
+        self.host = host
+
+    @user_errors
+    async def Init(self, request: cpb.InitRequest, context: Any) -> cpb.InitResponse:
+        return await self.host.init_cluster(request)
+
+    @user_errors
+    async def Info(self, request: cpb.InfoRequest, context: Any) -> cpb.InfoResponse:
+        m = self.host.manager
+        if m is None:
+            return cpb.InfoResponse(is_manager=False)
+        nodes = m.store.view().all("node")
+        return cpb.InfoResponse(
+            is_manager=True, node_id=m.identity.node_id, cluster_id=m.identity.cluster_id,
+            store=m.identity.store_url, nodes=len(nodes),
+            managers=sum(1 for n in nodes if n.role == opb.NODE_ROLE_MANAGER))
+
+    @user_errors
+    async def ListNodes(self, request: cpb.ListNodesRequest, context: Any) -> cpb.ListNodesResponse:
+        m = _manager(self.host)
+        nodes = sorted(m.store.view().all("node"), key=lambda n: n.description.hostname)
+        out = []
+        for node in nodes:
+            node = control.copy(node)
+            if node.role == opb.NODE_ROLE_MANAGER and node.id == m.identity.node_id:
+                node.manager_status.leader = True
+                node.manager_status.reachability = "reachable"
+            out.append(node)
+        return cpb.ListNodesResponse(nodes=out)
+
+    @user_errors
+    async def GetNode(self, request: cpb.GetRequest, context: Any) -> opb.Node:
+        return await _read(self.host, control.lookup, "node", request.id)
+
+    @user_errors
+    async def UpdateNode(self, request: cpb.UpdateNodeRequest, context: Any) -> opb.Node:
+        return await _write(self.host, control.update_node, request.id, request.version,
+                            request.spec)
+
+    @user_errors
+    async def RemoveNode(self, request: cpb.RemoveRequest, context: Any) -> cpb.RemoveResponse:
+        m = _manager(self.host)
+        node_id = await _write(self.host, control.remove_node, request.id, request.force,
+                               m.identity.node_id)
+        return cpb.RemoveResponse(id=node_id)
+
+    @user_errors
+    async def CreateService(self, request: cpb.CreateServiceRequest, context: Any) -> opb.Service:
+        return await _write(self.host, control.create_service, request.spec)
+
+    @user_errors
+    async def UpdateService(self, request: cpb.UpdateServiceRequest, context: Any) -> opb.Service:
+        return await _write(self.host, control.update_service, request.id, request.version,
+                            request.spec)
+
+    @user_errors
+    async def GetService(self, request: cpb.GetRequest, context: Any) -> opb.Service:
+        return await _read(self.host, control.lookup, "service", request.id)
+
+    @user_errors
+    async def ListServices(self, request: cpb.ListServicesRequest,
+                           context: Any) -> cpb.ListServicesResponse:
+        return cpb.ListServicesResponse(
+            services=await _read(self.host, control.summaries, request.stack))
+
+    @user_errors
+    async def RemoveService(self, request: cpb.RemoveRequest, context: Any) -> cpb.RemoveResponse:
+        return cpb.RemoveResponse(id=await _write(self.host, control.remove_service, request.id))
+
+    @user_errors
+    async def ListTasks(self, request: cpb.ListTasksRequest, context: Any) -> cpb.ListTasksResponse:
+        return cpb.ListTasksResponse(tasks=await _read(self.host, control.list_tasks, request))
+
+    @user_errors
+    async def DeployStack(self, request: cpb.DeployStackRequest,
+                          context: Any) -> cpb.DeployStackResponse:
+        result = await _write(self.host, control.deploy_stack, request)
+        return cpb.DeployStackResponse(created=result.created, updated=result.updated,
+                                       unchanged=result.unchanged, removed=result.removed)
+
+    @user_errors
+    async def ListStacks(self, request: cpb.ListStacksRequest,
+                         context: Any) -> cpb.ListStacksResponse:
+        return cpb.ListStacksResponse(stacks=await _read(self.host, control.list_stacks))
+
+    @user_errors
+    async def RemoveStack(self, request: cpb.RemoveStackRequest,
+                          context: Any) -> cpb.RemoveStackResponse:
+        return cpb.RemoveStackResponse(
+            removed=await _write(self.host, control.remove_stack, request.name))
+
+    @user_errors
+    async def ServiceLogs(self, request: cpb.ServiceLogsRequest,
+                          context: Any) -> AsyncIterator[cpb.ServiceLogEntry]:
+        m = _manager(self.host)
+        view = m.store.view()
+        task = view.get("task", request.service)
+        if task is not None:
+            tasks = [task]
+        else:
+            service = control.lookup(view, "service", request.service)
+            tasks = [t for t in view.find("task", service_id=service.id)
+                     if t.status.container.container_id]
+        queue: asyncio.Queue[cpb.ServiceLogEntry | None] = asyncio.Queue()
+
+        async def pump(task: opb.Task) -> None:
+            name = f"{task.service_name}.{task.slot or task.node_id}"
+            try:
+                async for line in self.host.log_stream(task, request.follow, request.tail):
+                    queue.put_nowait(cpb.ServiceLogEntry(
+                        task_id=task.id, task_name=name, node_id=task.node_id,
+                        stream=line.stream, data=line.data, time=line.time))
+            finally:
+                queue.put_nowait(None)
+
+        pumps = [asyncio.create_task(pump(t)) for t in tasks]
+        try:
+            open_streams = len(pumps)
+            while open_streams:
+                item = await queue.get()
+                if item is None:
+                    open_streams -= 1
+                else:
+                    yield item
+        finally:
+            for p in pumps:
+                p.cancel()
+
+
+class DispatcherServicer(cpb_grpc.DispatcherServicer):
+    def __init__(self, host: ManagerHost) -> None:
+        self.host = host
+
+    @user_errors
+    async def Session(self, request: cpb.SessionRequest,
+                      context: Any) -> AsyncIterator[cpb.SessionMessage]:
+        async for message in _manager(self.host).dispatcher.session(request):
+            yield message
+
+    @user_errors
+    async def Heartbeat(self, request: cpb.HeartbeatRequest, context: Any) -> cpb.HeartbeatResponse:
+        return _manager(self.host).dispatcher.heartbeat(request)
+
+    @user_errors
+    async def UpdateTaskStatus(self, request: cpb.UpdateTaskStatusRequest,
+                               context: Any) -> cpb.UpdateTaskStatusResponse:
+        return await _manager(self.host).dispatcher.update_task_status(request)
+
+
