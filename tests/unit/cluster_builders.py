@@ -116,3 +116,16 @@ def make_task(task_id: str, service: Service, *, slot: int = 1, node: str = "n1"
     task.meta.created_at = format_time(created if created is not None else at)
     task.endpoint.spec.CopyFrom(service.spec.endpoint)
     return task
+
+
+def check_actions(actions: list) -> list:
+    """The reconcile contract: no task named by two actions, at most one create per slot."""
+    from collections import Counter
+
+    from pyswarm.manager.orchestrator.actions import CreateTask
+
+    named = Counter(getattr(a, "task_id", None) for a in actions if hasattr(a, "task_id"))
+    assert all(n == 1 for n in named.values()), actions
+    creates = Counter((a.slot, a.node_id) for a in actions if isinstance(a, CreateTask))
+    assert all(n == 1 for n in creates.values()), actions
+    return actions
