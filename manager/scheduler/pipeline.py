@@ -86,7 +86,7 @@ def _check_preset(tasks: list[Task], filters: list[Filter], infos: dict[str, Nod
     for task in tasks:
         info = infos.get(task.node_id)
         if info is None:
-            decisions.unplaced[task.id] = f"no suitable node (node {task.node_id} is gone)"
+            decisions.unplaced[task.id] = f"no suitable node (node {task.node_id} no longer exists)"
             continue
         failed = _first_failure(filters, info)
         if failed >= 0:
