@@ -434,17 +434,14 @@ def cmd_service_rm(a: argparse.Namespace) -> int:
 
 
 def _stack_name(explicit: str, paths: Sequence[Path]) -> str:
-    """--name, else the first stack file's folder, as a docker project name ([a-z0-9_-])."""
+    """--name, else the first stack file's folder as a docker project name ([a-z0-9_-]).
+    The loader checks the name either way."""
     if explicit:
-        name = explicit
-    else:
-        name = re.sub(r"[^a-z0-9_-]", "", paths[0].resolve().parent.name.lower())
-        if not name:
-            raise CLIError("pyswarm: cannot name the stack after its folder; use --name NAME",
-                           EXIT_FAILED)
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
-        raise CLIError(f'pyswarm: invalid stack name "{name}": use lowercase letters, digits, '
-                       "'_' and '-', starting with a letter or digit", EXIT_FAILED)
+        return explicit
+    name = re.sub(r"[^a-z0-9_-]", "", paths[0].resolve().parent.name.lower()).lstrip("_-")
+    if not name:
+        raise CLIError("pyswarm: cannot name the stack after its folder; use --name NAME",
+                       EXIT_FAILED)
     return name
 
 
@@ -461,7 +458,7 @@ def _stack_paths(files: Sequence[str]) -> list[Path]:
 def _stack_error(exc: Exception) -> CLIError:
     text = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename \
         else str(exc)
-    return CLIError(f"{text}\nThe stack file is invalid: nothing was deployed.", EXIT_FAILED)
+    return CLIError(f"{text}\nNothing was deployed.", EXIT_FAILED)
 
 
 def _load_stack(paths: Sequence[Path], name: str) -> Any:
@@ -469,7 +466,7 @@ def _load_stack(paths: Sequence[Path], name: str) -> Any:
     from pyswarm.manager.stack.loader import load_stack
 
     try:
-        stack = load_stack([str(p) for p in paths], name, env=None)
+        stack = load_stack(list(paths), name, env=None)
     except (InvalidArgument, OSError) as exc:
         raise _stack_error(exc) from None
     for warning in stack.warnings:
@@ -482,6 +479,7 @@ def deploy(a: argparse.Namespace, files: Sequence[str], name: str) -> int:
     name = _stack_name(name, paths)
     stack = _load_stack(paths, name)
     stub = control()
+    name = stack.name
     answer = _call(stub.DeployStack, _pb().DeployStackRequest(
         name=name, services=stack.services, networks=stack.networks, secrets=stack.secrets,
         configs=stack.configs, prune=a.prune))
@@ -512,7 +510,7 @@ def cmd_stack_config(a: argparse.Namespace) -> int:
 
     paths = _stack_paths(a.compose_file)
     try:
-        text = render_config([str(p) for p in paths], _stack_name(a.name, paths), env=None)
+        text = render_config(paths, _stack_name(a.name, paths), env=None)
     except (InvalidArgument, OSError) as exc:
         message = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
         raise CLIError(message, EXIT_FAILED) from None
