@@ -59,4 +59,5 @@ class Report:
 
     def raise_if_errors(self) -> None:
         if self.errors:
-            raise StackInvalid(self.errors)
+            files = list(dict.fromkeys(e.file for e in self.errors))
+            raise StackInvalid(sorted(self.errors, key=lambda e: (files.index(e.file), e.line)))

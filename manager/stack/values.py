@@ -79,7 +79,6 @@ def check_keys(
 
     ``ignored`` maps a key to the advice shown with its warning ("" for none).
     """
-    known = allowed | set(ignored or ())
     for key, child in f.items():
         if key in allowed or key.startswith("x-"):
             continue
@@ -88,7 +87,7 @@ def check_keys(
             report.warn(child.mark, child.path,
                         "ignored in swarm mode" + (f"; {advice}" if advice else ""))
             continue
-        close = difflib.get_close_matches(key, sorted(known), n=1)
+        close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.7)
         hint = f' (did you mean "{close[0]}"?)' if close else ""
         fail(report, child, f"unknown key{hint}")
 
