@@ -62,9 +62,16 @@ async def serve(cfg: EngineConfig, runtime: object, cgroup_driver: str) -> None:
     for cid in running:
         watcher.watch(cid)
 
+    from pyswarm.manager.servicers import ControlServicer, DispatcherServicer
+    from pyswarm.proto import cluster_pb2_grpc
+    from pyswarm.worker.cluster import ClusterHost
+
+    host = ClusterHost(cfg, engine, watcher)
     server = grpc.aio.server()
     engine_pb2_grpc.add_EngineServicer_to_server(
         EngineServicer(engine, watcher, cgroup_driver), server)
+    cluster_pb2_grpc.add_ControlServicer_to_server(ControlServicer(host), server)
+    cluster_pb2_grpc.add_DispatcherServicer_to_server(DispatcherServicer(host), server)
     sock = cfg.socket_path
     sock.unlink(missing_ok=True)
     old_umask = os.umask(0o177)  # the socket is born root-only: no window where others connect
@@ -79,9 +86,12 @@ async def serve(cfg: EngineConfig, runtime: object, cgroup_driver: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"pyswarm daemon: serving on unix://{sock} (root {cfg.root}, "
+    await host.boot()
+    role = "manager and worker" if host.manager else "standalone engine"
+    print(f"pyswarm daemon: serving on unix://{sock} (root {cfg.root}, {role}, "
           f"{len(running)} running container(s) re-adopted)", flush=True)
     await stop.wait()
+    await host.close()
     await server.stop(grace=2)
     sock.unlink(missing_ok=True)
     still_running = [r for r in engine.list() if r.state == "running"]

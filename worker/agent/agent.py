@@ -1,0 +1,216 @@
+"""The agent: this node's side of the cluster.
+
+It keeps a session with a manager's dispatcher, runs the tasks the session assigns through
+the local engine (one TaskController each), reports every state change in batches and
+heartbeats at the period the manager sets.
+
+Policy:
+- When the session drops the agent keeps every container running and reconnects with
+  exponential backoff; status changes made meanwhile are sent once it is back.
+- On (re)start the agent re-adopts the containers its tasks run in (found by their
+  com.docker.swarm.task.id label). A COMPLETE assignment set is the truth: containers of
+  tasks absent from it are stopped and removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from pyswarm.proto import cluster_pb2 as cpb
+from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
+from pyswarm.proto import objects_pb2 as opb
+from pyswarm.worker.agent.controller import Report, TaskController
+from pyswarm.worker.agent.spec import TASK_LABEL
+from pyswarm.worker.engine.core import Engine
+from pyswarm.worker.engine.records import ContainerRecord
+from pyswarm.worker.engine.service import ExitWatcher
+
+REPORT_BATCH = 0.02  # seconds: status changes within this window go in one request
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0  # seconds between reconnection attempts
+
+
+def describe_node() -> opb.NodeDescription:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return opb.NodeDescription(
+        hostname=socket.gethostname(), os="linux", architecture=platform.machine(),
+        resources=opb.Resources(nano_cpus=(os.cpu_count() or 1) * 10**9, memory_bytes=memory),
+        engine_version="pyswarm 0.1.0",
+    )
+
+
+class Agent:
+    def __init__(self, engine: Engine, watcher: ExitWatcher, node_id: str,
+                 channel_factory: Callable[[], grpc.aio.Channel], addr: str = "",
+                 on_tasks_changed: Callable[[dict[str, TaskController]], None] | None = None,
+                 ) -> None:
+        self.engine = engine
+        self.watcher = watcher
+        self.node_id = node_id
+        self.channel_factory = channel_factory
+        self.addr = addr
+        self.description = describe_node()
+        self.controllers: dict[str, TaskController] = {}
+        self._runs: dict[str, asyncio.Task[None]] = {}
+        self._outbox: dict[str, opb.TaskStatus] = {}
+        self._outbox_ready = asyncio.Event()
+        self._session_id = ""
+        self._stub: Any = None
+        self.on_tasks_changed = on_tasks_changed
+        self.connected = asyncio.Event()
+        self._period = 1.0
+
+    # ---- session -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        backoff = BACKOFF_MIN
+        while True:
+            channel = self.channel_factory()
+            try:
+                await self._session(cpb_grpc.DispatcherStub(channel))
+                backoff = BACKOFF_MIN
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                                      grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNKNOWN,
+                                      grpc.StatusCode.FAILED_PRECONDITION):
+                    print(f"pyswarm agent: session failed: {exc.details()}", flush=True)
+            except Exception as exc:  # noqa: BLE001 - a bug must not end the agent
+                print(f"pyswarm agent: session error: {exc!r}", flush=True)
+            finally:
+                self.connected.clear()
+                self._stub = None
+                await channel.close()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _session(self, stub: Any) -> None:
+        call = stub.Session(cpb.SessionRequest(node_id=self.node_id,
+                                               description=self.description, addr=self.addr))
+        helpers: list[asyncio.Task[None]] = []
+        try:
+            async for message in call:
+                if not self._session_id or message.session_id != self._session_id:
+                    self._session_id = message.session_id
+                    self._stub = stub
+                    for h in helpers:
+                        h.cancel()
+                    helpers = [asyncio.create_task(self._heartbeats(stub)),
+                               asyncio.create_task(self._reporter(stub))]
+                    self.connected.set()
+                    self._outbox_ready.set()  # resend what changed while disconnected
+                self._period = message.heartbeat_period_ms / 1000 or 1.0
+                self._apply(message.assignments)
+        finally:
+            for h in helpers:
+                h.cancel()
+            self._session_id = ""
+
+    async def _heartbeats(self, stub: Any) -> None:
+        while True:
+            await asyncio.sleep(self._period)
+            response = await stub.Heartbeat(cpb.HeartbeatRequest(
+                node_id=self.node_id, session_id=self._session_id), timeout=self._period * 2)
+            self._period = response.period_ms / 1000 or self._period
+
+    # ---- assignments ---------------------------------------------------------------------
+
+    def _apply(self, assignments: cpb.Assignments) -> None:
+        if assignments.type == cpb.Assignments.COMPLETE:
+            wanted = {t.id for t in assignments.update}
+            for task_id in list(self.controllers):
+                if task_id not in wanted:
+                    self.controllers[task_id].remove()
+            self._remove_strays(wanted)
+        for task in assignments.update:
+            controller = self.controllers.get(task.id)
+            if controller is None:
+                controller = TaskController(task, self.engine, self.watcher, self._report,
+                                            self.description.hostname,
+                                            adopted=self._container_of(task.id))
+                self.controllers[task.id] = controller
+                self._runs[task.id] = asyncio.create_task(self._drive(controller))
+            else:
+                controller.update(task)
+        for task_id in assignments.remove:
+            if task_id in self.controllers:
+                self.controllers[task_id].remove()
+        self._changed()
+
+    async def _drive(self, controller: TaskController) -> None:
+        task_id = controller.task.id
+        try:
+            await controller.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            print(f"pyswarm agent: task {task_id} controller crashed: {exc!r}", flush=True)
+        finally:
+            if self.controllers.get(task_id) is controller and controller.removed:
+                del self.controllers[task_id]
+                self._runs.pop(task_id, None)
+                self._changed()
+
+    def _container_of(self, task_id: str) -> ContainerRecord | None:
+        for record in self.engine.list(all=True):
+            if record.labels.get(TASK_LABEL) == task_id:
+                return record
+        return None
+
+    def _remove_strays(self, wanted: set[str]) -> None:
+        """Containers of tasks this node no longer has (e.g. replaced while it was down)."""
+        for record in self.engine.list(all=True):
+            task_id = record.labels.get(TASK_LABEL)
+            if task_id and task_id not in wanted and task_id not in self.controllers:
+                asyncio.create_task(self._remove_container(record))
+
+    async def _remove_container(self, record: ContainerRecord) -> None:
+        with contextlib.suppress(Exception):
+            if record.state == "running":
+                await asyncio.to_thread(self.engine.kill, record.id, record.stop_signal)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.watcher.wait(record), DEFAULT_STRAY_GRACE)
+            await asyncio.to_thread(self.engine.remove, record.id, True, True)
+
+    def _changed(self) -> None:
+        if self.on_tasks_changed is not None:
+            self.on_tasks_changed(self.controllers)
+
+    # ---- status reports ------------------------------------------------------------------
+
+    def _report(self, report: Report) -> None:
+        self._outbox[report.task_id] = report.status
+        self._outbox_ready.set()
+        self._changed()
+
+    async def _reporter(self, stub: Any) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            await asyncio.sleep(REPORT_BATCH)
+            self._outbox_ready.clear()
+            batch, self._outbox = self._outbox, {}
+            if not batch:
+                continue
+            try:
+                await stub.UpdateTaskStatus(cpb.UpdateTaskStatusRequest(
+                    node_id=self.node_id, session_id=self._session_id,
+                    updates=[cpb.TaskStatusUpdate(task_id=k, status=v) for k, v in batch.items()]))
+            except grpc.aio.AioRpcError:
+                # Keep them (newer reports win) and let the session reconnect.
+                for k, v in batch.items():
+                    self._outbox.setdefault(k, v)
+                raise
+
+    async def close(self) -> None:
+        for run in self._runs.values():
+            run.cancel()
+
+
+DEFAULT_STRAY_GRACE = 10.0  # seconds a stray container gets to stop before SIGKILL
