@@ -6,6 +6,10 @@ limit) caps the restarts of a slot, counted over the tasks of the slot that ende
 their own — within ``window`` before now when a window is set, over all kept history
 otherwise. The replacement may start ``delay`` after the old task ended: 5 s unless the
 policy sets one (``delay_set``; 0 allowed).
+
+A task that is not restarted keeps its desired state RUNNING, so it holds its slot and
+the slot stays empty. Reconcile is level-triggered: once old attempts slide out of the
+window, the next reconcile restarts the slot (the delay is then already over).
 """
 
 from __future__ import annotations
