@@ -232,7 +232,8 @@ def _render_tasks(tasks: Sequence[Any], hostnames: dict[str, str], a: argparse.N
         return
 
     def error(text: str) -> str:
-        return json.dumps(text if a.no_trunc else render.shorten(text, 40)) if text else ""
+        shown = text if a.no_trunc else render.shorten(text, 40)
+        return json.dumps(shown, ensure_ascii=False) if text else ""
 
     render.table(
         ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"],
@@ -320,6 +321,10 @@ def _set_replicas(spec: Any, replicas: int) -> None:
     spec.replicated.replicas = replicas
 
 
+def _replicas_setter(replicas: int) -> Callable[[Any], None]:
+    return lambda spec: _set_replicas(spec, replicas)
+
+
 def _wait(stub: Any, names: Sequence[str], a: argparse.Namespace, updated: Iterable[str] = (),
           stack: str = "") -> progress.Outcome:
     pb = _pb()
@@ -377,7 +382,7 @@ def cmd_service_scale(a: argparse.Namespace) -> int:
     failed, scaled = False, []
     for name, count in wanted:
         try:
-            service = _update_service(stub, name, lambda spec, n=count: _set_replicas(spec, n))
+            service = _update_service(stub, name, _replicas_setter(count))
         except CLIError as exc:
             print(exc, file=sys.stderr)
             failed = True
@@ -455,10 +460,12 @@ def _stack_paths(files: Sequence[str]) -> list[Path]:
                    f"({', '.join(DEFAULT_STACK_FILES)}); use -c FILE", EXIT_FAILED)
 
 
-def _stack_error(exc: Exception) -> CLIError:
+def _stack_error(exc: Exception, deploying: bool = True) -> CLIError:
+    """The loader's findings, one ``file:line: key: message`` a line (exit 1)."""
     text = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename \
         else str(exc)
-    return CLIError(f"{text}\nNothing was deployed.", EXIT_FAILED)
+    return CLIError(f"Error: invalid stack:\n{text}" + ("\nNothing was deployed." if deploying
+                                                       else ""), EXIT_FAILED)
 
 
 def _load_stack(paths: Sequence[Path], name: str) -> Any:
@@ -497,7 +504,12 @@ def deploy(a: argparse.Namespace, files: Sequence[str], name: str) -> int:
 
 
 def cmd_deploy(a: argparse.Namespace) -> int:
-    return deploy(a, [*a.compose_file, *([a.stack_file] if a.stack_file else [])], a.name)
+    files, name = list(a.compose_file), a.name
+    if a.stack_file and files and not name and not Path(a.stack_file).exists():
+        name = a.stack_file  # `deploy -c FILE NAME`, docker stack deploy's order
+    elif a.stack_file:
+        files.append(a.stack_file)
+    return deploy(a, files, name)
 
 
 def cmd_stack_deploy(a: argparse.Namespace) -> int:
@@ -512,8 +524,7 @@ def cmd_stack_config(a: argparse.Namespace) -> int:
     try:
         text = render_config(paths, _stack_name(a.name, paths), env=None)
     except (InvalidArgument, OSError) as exc:
-        message = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
-        raise CLIError(message, EXIT_FAILED) from None
+        raise _stack_error(exc, deploying=False) from None
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
@@ -700,9 +711,11 @@ def _register_deploy(sub: Any) -> None:
         description="Create or update the services of a Compose-format stack file on the cluster, "
         "then follow them until every one runs as many tasks as it wants (or fails, or "
         "--timeout passes). Exit status 0: converged; 1: invalid file, failing or timed out.\n"
-        "The stack is named after the file's folder unless --name is given; its services are "
+        "The stack is named after the file's folder unless --name is given (or, after -c, a "
+        "last argument that is not a file: docker stack deploy's order); its services are "
         "named STACK_SERVICE.",
         epilog="examples:\n  pyswarm deploy examples/hello/stack.yml\n"
+        "  pyswarm deploy -c examples/hello/stack.yml hello\n"
         "  pyswarm deploy -c base.yml -c prod.yml --name shop --prune --detach")
     p.add_argument("-c", "--compose-file", action="append", default=[], metavar="FILE",
                    help="a stack file; repeat to merge several, later ones override")

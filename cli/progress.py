@@ -15,11 +15,14 @@ judges, for the person waiting at the terminal:
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from pyswarm.cli import render
 
 FAILURES_TO_GIVE_UP = 3
 POLL_SECONDS = 0.25
@@ -122,7 +125,9 @@ class Board:
     def show(self, states: Iterable[ServiceProgress]) -> None:
         width = max((len(n) for n in self.names), default=0)
         if self.tty:
-            lines = [s.line(width, bar=True) for s in states]
+            # A line longer than the terminal would wrap and throw the redraw off.
+            columns = shutil.get_terminal_size().columns - 1
+            lines = [render.shorten(s.line(width, bar=True), columns) for s in states]
             if self._drawn:
                 self.out.write(f"\x1b[{self._drawn}A")
             for line in lines:

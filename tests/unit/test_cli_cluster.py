@@ -524,3 +524,11 @@ def test_stack_config_needs_no_daemon(tmp_path: Path, monkeypatch: pytest.Monkey
     (tmp_path / "stack.yml").write_text(STACK)
     assert main(["stack", "config", "-c", str(tmp_path / "stack.yml"), "--name", "hello"]) == 0
     assert "busybox:latest" in capsys.readouterr().out
+
+
+def test_deploy_takes_docker_stack_deploys_order(fake: FakeControl, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    _canned_stack(monkeypatch, "shop_web")
+    (tmp_path / "stack.yml").write_text("services: {}\n")
+    assert main(["deploy", "-c", str(tmp_path / "stack.yml"), "shop", "--detach"]) == 0
+    assert fake.sent("DeployStack")[0].name == "shop"
