@@ -99,7 +99,7 @@ def _resources(ctx: Context, f: Field, out: objects_pb2.ResourceRequirements) ->
         check_keys(ctx.report, section, allowed, {"devices": "", "generic_resources": ""})
         target = getattr(out, key)
         if (cpus := section.get("cpus")) is not None:
-            number = as_float(ctx.report, cpus, what='a number of CPUs like "0.5"')
+            number = as_float(ctx.report, cpus, maximum=1e6, what='a number of CPUs like "0.5"')
             if number is not None:
                 target.nano_cpus = round(number * 1e9)
         if (memory := section.get("memory")) is not None:

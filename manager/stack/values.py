@@ -124,12 +124,15 @@ def scalar_text(value: Any) -> str:
     return text if isinstance(text, str) else str(value)
 
 
+INT64_MAX = 2**63 - 1  # every number ends up in an int64 or uint64 protobuf field
+
+
 def as_int(report: Report, f: Field, *, minimum: int = 0, maximum: int | None = None) -> int | None:
     value = f.value
     if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
-        if value >= minimum and (maximum is None or value <= maximum):
+        if minimum <= value <= (INT64_MAX if maximum is None else maximum):
             return int(value)
     kind = "a non-negative integer" if minimum == 0 else f"an integer of at least {minimum}"
     if maximum is not None:
@@ -147,7 +150,7 @@ def as_float(report: Report, f: Field, *, minimum: float = 0.0, maximum: float |
         except ValueError:
             pass
     if isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
+        number = float(value) if abs(value) < 1e300 else float("inf")
         if number >= minimum and (maximum is None or number <= maximum):
             return number
     fail(report, f, f"must be {what}, got {describe(f.value)}")
@@ -187,7 +190,9 @@ def parse_duration(text: str) -> int | None:
             return None
         total += float(match.group(1)) * _NS[match.group(2)]
         pos = match.end()
-    return int(total) if pos == len(text) and pos > 0 else None
+    if pos != len(text) or pos == 0:
+        return None
+    return int(total) if total < 2**64 else 2**64  # callers refuse what overflows int64
 
 
 def as_duration(report: Report, f: Field) -> int | None:
@@ -196,6 +201,9 @@ def as_duration(report: Report, f: Field) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value == 0:
         return 0
     ns = parse_duration(value) if isinstance(value, str) else None
+    if ns is not None and ns > INT64_MAX:
+        fail(report, f, f"is too long (at most about 292 years), got {describe(value)}")
+        return None
     if ns is None:
         fail(report, f, f'must be a duration like "30s", "1m30s" or "500ms", got {describe(value)}')
     return ns
@@ -204,12 +212,14 @@ def as_duration(report: Report, f: Field) -> int | None:
 def as_size(report: Report, f: Field) -> int | None:
     """A size in bytes: a number, or Docker's ``64m`` / ``1.5G`` / ``512k`` forms."""
     value = f.value
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX:
         return int(value)
     if isinstance(value, str):
         try:
-            return parse_size(value)
-        except InvalidArgument:
+            size = parse_size(value)
+            if size <= INT64_MAX:
+                return size
+        except (InvalidArgument, OverflowError):
             pass
     fail(report, f, f"must be a size like \"64m\", \"1.5g\" or a number of bytes, "
                     f"got {describe(value)}")
