@@ -8,7 +8,7 @@ PYSWARM := $(VENV)/bin/pyswarm
 # What a fresh Debian 12 machine lacks: the kernel tools the engine drives, a static busybox
 # for the base image, and the peers the tests and benchmarks run (registry, runc).
 APT_PACKAGES := python3 python3-venv nftables iproute2 util-linux busybox-static libseccomp2 \
-                docker-registry runc curl procps
+                docker-registry runc curl procps etcd-server
 
 .PHONY: help setup apt venv base-image demo test lint bench clean-test
 

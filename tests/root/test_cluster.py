@@ -1,0 +1,301 @@
+"""The cluster spine end to end on one node: `pyswarm init`, `deploy`, the manager's loops
+and the agent, with real containers, driven through the CLI as a user does."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.engine_fixtures import Daemon, build_base_image, cleanup, engine_env
+from tests.etcd_fixtures import etcd_server  # noqa: F401  (a real etcd for the etcd store)
+
+pytestmark = pytest.mark.root
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+
+
+def services(d: Daemon) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in d.json_lines("service", "ls", "--format", "json")}
+
+
+def tasks(d: Daemon, service: str) -> list[dict[str, Any]]:
+    return d.json_lines("service", "ps", service, "--format", "json")
+
+
+def task_containers(d: Daemon, running_only: bool = True) -> list[dict[str, Any]]:
+    args = ["ps", "--format", "json"] if running_only else ["ps", "-a", "--format", "json"]
+    return [c for c in d.json_lines(*args) if c["name"].count(".") >= 2]
+
+
+def running(d: Daemon, service: str, n: int) -> Callable[[], bool]:
+    def check() -> bool:
+        s = services(d).get(service)
+        live = [t for t in tasks(d, service) if t["desired_state"] == "running"]
+        return bool(s and s["replicas_running"] == n and len(live) == n
+                    and all(t["state"] == "running" for t in live))
+    return check
+
+
+def write_stack(folder: Path, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "stack.yml"
+    path.write_text(text)
+    return path
+
+
+SLEEPER = """
+services:
+  app:
+    image: busybox
+    command: ["sleep", "100000"]
+    deploy:
+      replicas: {replicas}
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    base = tmp_path_factory.mktemp("cluster")
+    d = Daemon(base, engine_env(base, index=1))
+    try:
+        d.start()
+        build_base_image(d)
+        out = d.cli("init")
+        assert "manager" in out.stdout
+        yield d
+    finally:
+        cleanup(d)
+
+
+def test_not_a_manager_before_init(daemon: Daemon) -> None:
+    out = daemon.cli("service", "ls", check=False)
+    assert out.returncode != 0
+    assert "pyswarm init" in out.stderr
+
+
+def test_node_ls_shows_this_node_as_leader(cluster: Daemon) -> None:
+    nodes = cluster.json_lines("node", "ls", "--format", "json")
+    assert len(nodes) == 1
+    node = nodes[0]
+    assert (node["role"], node["status"], node["availability"], node["manager_status"]) == (
+        "manager", "ready", "active", "leader")
+
+
+def test_deploy_scale_and_remove(cluster: Daemon, tmp_path: Path) -> None:
+    stack = write_stack(tmp_path / "scaling", SLEEPER.format(replicas=3))
+    out = cluster.cli("deploy", "-c", str(stack), "--name", "sc", "--timeout", "60")
+    assert "sc_app" in out.stdout
+    row = services(cluster)["sc_app"]
+    assert (row["mode"], row["replicas_desired"], row["replicas_running"]) == ("replicated", 3, 3)
+    assert row["image"] == "busybox"
+    assert sorted(t["slot"] for t in tasks(cluster, "sc_app")) == [1, 2, 3]
+
+    cluster.cli("service", "scale", "sc_app=5")
+    wait_for("5 running", running(cluster, "sc_app", 5))
+    cluster.cli("service", "scale", "sc_app=2")
+    wait_for("2 running", running(cluster, "sc_app", 2))
+    wait_for("2 containers", lambda: len([c for c in task_containers(cluster)
+                                          if c["name"].startswith("sc_app.")]) == 2)
+
+    cluster.cli("stack", "rm", "sc")
+    wait_for("no containers", lambda: not [c for c in task_containers(cluster, False)
+                                           if c["name"].startswith("sc_app.")])
+    assert "sc_app" not in services(cluster)
+
+
+def test_redeploy_unchanged_is_a_no_op(cluster: Daemon, tmp_path: Path) -> None:
+    stack = write_stack(tmp_path / "same", SLEEPER.format(replicas=1))
+    cluster.cli("deploy", "-c", str(stack), "--name", "same", "--timeout", "60")
+    before = {t["id"] for t in tasks(cluster, "same_app")}
+    cluster.cli("deploy", "-c", str(stack), "--name", "same", "--timeout", "60")
+    assert {t["id"] for t in tasks(cluster, "same_app")} == before
+    cluster.cli("stack", "rm", "same")
+
+
+def test_exited_task_is_replaced_per_restart_policy(cluster: Daemon, tmp_path: Path) -> None:
+    stack = write_stack(tmp_path / "crashy", """
+services:
+  crash:
+    image: busybox
+    command: ["sh", "-c", "sleep 0.3; exit 3"]
+    deploy:
+      restart_policy: {condition: on-failure, delay: 0s, max_attempts: 2}
+  once:
+    image: busybox
+    command: ["sh", "-c", "exit 0"]
+    deploy:
+      restart_policy: {condition: on-failure, delay: 0s}
+""")
+    cluster.cli("deploy", "-c", str(stack), "--name", "cr", "--detach")
+
+    def three_failures() -> list[dict[str, Any]] | None:
+        ts = tasks(cluster, "cr_crash")
+        failed = [t for t in ts if t["state"] == "failed"]
+        return ts if len(failed) == 3 else None
+
+    history = wait_for("the first run and 2 restarts to fail", three_failures)
+    assert all("non-zero exit (3)" in t["error"] for t in history)
+    time.sleep(1.5)
+    assert len(tasks(cluster, "cr_crash")) == 3  # max_attempts: no fourth task
+    once = wait_for("the successful task to complete",
+                    lambda: [t for t in tasks(cluster, "cr_once") if t["state"] == "complete"])
+    time.sleep(1.0)
+    assert len(tasks(cluster, "cr_once")) == len(once) == 1  # on-failure: exit 0 ends it
+    cluster.cli("stack", "rm", "cr")
+
+
+def test_drain_and_activate(cluster: Daemon, tmp_path: Path) -> None:
+    stack = write_stack(tmp_path / "drain", SLEEPER.format(replicas=2))
+    cluster.cli("deploy", "-c", str(stack), "--name", "dr", "--timeout", "60")
+    node = cluster.json_lines("node", "ls", "--format", "json")[0]["id"]
+    cluster.cli("node", "update", "--availability", "drain", node)
+    try:
+        def pending_with_reason() -> bool:
+            live = [t for t in tasks(cluster, "dr_app") if t["desired_state"] == "running"]
+            return len(live) == 2 and all(t["state"] == "pending" and "no suitable node"
+                                          in (t["error"] or t["message"]) for t in live)
+
+        wait_for("tasks pending with a reason", pending_with_reason)
+        wait_for("containers stopped", lambda: not [c for c in task_containers(cluster)
+                                                    if c["name"].startswith("dr_app.")])
+    finally:
+        cluster.cli("node", "update", "--availability", "active", node)
+    wait_for("2 running again", running(cluster, "dr_app", 2))
+    cluster.cli("stack", "rm", "dr")
+
+
+def test_global_service_runs_once_per_node(cluster: Daemon, tmp_path: Path) -> None:
+    stack = write_stack(tmp_path / "global", """
+services:
+  agent:
+    image: busybox
+    command: ["sleep", "100000"]
+    deploy:
+      mode: global
+""")
+    cluster.cli("deploy", "-c", str(stack), "--name", "gl", "--timeout", "60")
+    row = services(cluster)["gl_agent"]
+    assert (row["mode"], row["replicas_running"]) == ("global", 1)
+    cluster.cli("stack", "rm", "gl")
+
+
+def test_unsatisfiable_constraint_waits_pending_with_reason(cluster: Daemon,
+                                                           tmp_path: Path) -> None:
+    stack = write_stack(tmp_path / "west", """
+services:
+  app:
+    image: busybox
+    command: ["sleep", "100000"]
+    deploy:
+      placement:
+        constraints: ["node.labels.zone == west"]
+""")
+    cluster.cli("deploy", "-c", str(stack), "--name", "zw", "--detach")
+    task = wait_for("a pending task with its reason", lambda: [
+        t for t in tasks(cluster, "zw_app")
+        if t["state"] == "pending" and "constraint" in (t["error"] or t["message"])])[0]
+    assert "no suitable node" in (task["error"] or task["message"])
+    node = cluster.json_lines("node", "ls", "--format", "json")[0]["id"]
+    cluster.cli("node", "update", "--label-add", "zone=west", node)
+    try:
+        wait_for("the task to run once the label fits", running(cluster, "zw_app", 1))
+    finally:
+        cluster.cli("node", "update", "--label-rm", "zone", node)
+        cluster.cli("stack", "rm", "zw")
+
+
+def test_missing_image_is_rejected_with_the_reason(cluster: Daemon, tmp_path: Path) -> None:
+    stack = write_stack(tmp_path / "noimg", """
+services:
+  app:
+    image: nosuch:1
+""")
+    out = cluster.cli("deploy", "-c", str(stack), "--name", "ni", "--timeout", "3", check=False)
+    assert out.returncode == 1
+    rejected = wait_for("a rejected task", lambda: [
+        t for t in tasks(cluster, "ni_app") if t["state"] == "rejected"])
+    assert "No such image" in rejected[0]["error"]
+    cluster.cli("stack", "rm", "ni")
+
+
+def test_bad_stack_file_changes_nothing(cluster: Daemon, tmp_path: Path) -> None:
+    before = services(cluster)
+    stack = write_stack(tmp_path / "bad", """
+services:
+  ok:
+    image: busybox
+  broken:
+    image: busybox
+    deploy:
+      replicas: three
+""")
+    out = cluster.cli("deploy", "-c", str(stack), "--name", "bad", check=False)
+    assert out.returncode == 1
+    assert "stack.yml:8" in out.stderr and "replicas" in out.stderr
+    assert services(cluster) == before
+
+
+def test_daemon_restart_keeps_tasks_and_creates_no_replacements(cluster: Daemon,
+                                                                tmp_path: Path) -> None:
+    stack = write_stack(tmp_path / "restart", SLEEPER.format(replicas=2))
+    cluster.cli("deploy", "-c", str(stack), "--name", "rs", "--timeout", "60")
+    before = {t["id"]: t for t in tasks(cluster, "rs_app")}
+    containers = {c["id"] for c in task_containers(cluster) if c["name"].startswith("rs_app.")}
+    cluster.kill()
+    cluster.start()
+    wait_for("2 running after the restart", running(cluster, "rs_app", 2))
+    time.sleep(4)  # longer than the node-down window: a wrong DOWN would replace tasks
+    after = {t["id"]: t for t in tasks(cluster, "rs_app")}
+    assert after.keys() == before.keys()
+    assert {c["id"] for c in task_containers(cluster)
+            if c["name"].startswith("rs_app.")} == containers
+    cluster.cli("stack", "rm", "rs")
+
+
+def test_manager_kill_mid_deploy_loses_nothing(cluster: Daemon, tmp_path: Path) -> None:
+    stack = write_stack(tmp_path / "midway", SLEEPER.format(replicas=6))
+    cluster.cli("deploy", "-c", str(stack), "--name", "mw", "--detach")
+    cluster.kill()  # SIGKILL while tasks are being placed and started
+    cluster.start()
+    wait_for("6 running after the crash", running(cluster, "mw_app", 6), timeout=60)
+    live = [t for t in tasks(cluster, "mw_app") if t["desired_state"] == "running"]
+    assert sorted(t["slot"] for t in live) == [1, 2, 3, 4, 5, 6]
+    wait_for("exactly 6 containers", lambda: len([
+        c for c in task_containers(cluster) if c["name"].startswith("mw_app.")]) == 6)
+    cluster.cli("stack", "rm", "mw")
+
+
+def test_etcd_store(etcd_server: Any, tmp_path_factory: pytest.TempPathFactory,  # noqa: F811
+                    tmp_path: Path) -> None:
+    base = tmp_path_factory.mktemp("etcd-cluster")
+    d = Daemon(base, engine_env(base, index=2))
+    try:
+        d.start()
+        build_base_image(d)
+        d.cli("init", "--store", f"etcd://{etcd_server.endpoint}")
+        stack = write_stack(tmp_path / "etcd", SLEEPER.format(replicas=2))
+        d.cli("deploy", "-c", str(stack), "--name", "et", "--timeout", "60")
+        ids = {t["id"] for t in tasks(d, "et_app")}
+        d.kill()
+        d.start()
+        wait_for("2 running from etcd state", running(d, "et_app", 2))
+        assert {t["id"] for t in tasks(d, "et_app")} == ids
+        info = json.loads(d.cli("service", "inspect", "et_app").stdout)
+        assert info
+        d.cli("stack", "rm", "et")
+    finally:
+        cleanup(d)
