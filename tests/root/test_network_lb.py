@@ -181,6 +181,23 @@ def assert_spread(answers: list[str], names: list[str]) -> None:
     assert sum(seen.values()) == len(answers)
 
 
+MakeLB = Callable[..., ServiceLB]
+
+
+@pytest.fixture
+def make_lb(net: NodeNetwork) -> Iterator[MakeLB]:
+    """ServiceLBs on the test network, closed (their held ports let go of) at the end."""
+    made: list[ServiceLB] = []
+
+    def make(**kwargs: object) -> ServiceLB:
+        made.append(ServiceLB(net, **kwargs))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield make
+    for lb in made:
+        lb.close()
+
+
 @pytest.fixture
 def backends(net: NodeNetwork, procs: Procs, tmp_path: Path) -> list[Attachment]:
     return start_backends(net, procs, tmp_path)
@@ -190,9 +207,9 @@ def backends(net: NodeNetwork, procs: Procs, tmp_path: Path) -> list[Attachment]
 
 
 def test_spread_over_backends_from_everywhere(
-    net: NodeNetwork, backends: list[Attachment], client: str
+    make_lb: MakeLB, net: NodeNetwork, backends: list[Attachment], client: str
 ) -> None:
-    lb = ServiceLB(net, mode="nftables")
+    lb = make_lb(mode="nftables")
     assert lb.mode == "nftables"
     lb.set_service("web", WEB, backends_of(backends))
     gateway = backends[0].gateway
@@ -211,12 +228,12 @@ def test_spread_over_backends_from_everywhere(
 
 
 def test_backend_sees_client_address_without_masquerade(
-    net: NodeNetwork, procs: Procs, client: str
+    make_lb: MakeLB, net: NodeNetwork, procs: Procs, client: str
 ) -> None:
     atts = [net.attach(cid) for cid in IDS[:2]]
     for att in atts:
         procs.start(att.netns_path, sys.executable, "-c", _PEER_ECHO, "80")
-    lb = ServiceLB(net, mode="nftables")
+    lb = make_lb(mode="nftables")
     lb.set_service("echo", WEB, backends_of(atts))
     gateway = atts[0].gateway
 
@@ -230,9 +247,9 @@ def test_backend_sees_client_address_without_masquerade(
 
 
 def test_changing_backends_and_removing(
-    net: NodeNetwork, backends: list[Attachment], client: str
+    make_lb: MakeLB, net: NodeNetwork, backends: list[Attachment], client: str
 ) -> None:
-    lb = ServiceLB(net, mode="nftables")
+    lb = make_lb(mode="nftables")
     every = backends_of(backends)
     lb.set_service("web", WEB, every)
     lb.set_service("web", WEB, every[:2])
@@ -258,9 +275,9 @@ def test_changing_backends_and_removing(
 
 
 def test_services_are_read_back_and_leave_others_alone(
-    net: NodeNetwork, backends: list[Attachment]
+    make_lb: MakeLB, net: NodeNetwork, backends: list[Attachment]
 ) -> None:
-    lb = ServiceLB(net, mode="nftables")
+    lb = make_lb(mode="nftables")
     every = backends_of(backends)
     dns = [ServicePort("udp", 18153, 53), ServicePort("tcp", 18153, 53)]
     lb.set_service("web", WEB, every)
@@ -268,8 +285,9 @@ def test_services_are_read_back_and_leave_others_alone(
     # A container's -p next to the services.
     net.publish(IDS[2], backends[2].ip, [parse_publish("18181:80")])
     # A restarted daemon: setup() again and a new ServiceLB find everything in the kernel.
+    lb.close()
     net.setup()
-    again = ServiceLB(net, mode="nftables")
+    again = make_lb(mode="nftables")
     assert again.services() == {"web": (WEB, every), "dns": (dns, every[:1])}
     assert_spread(get_many("127.0.0.1", PORT, 9), NAMES)
     assert get_many("127.0.0.1", 18181, 1) == [NAMES[2]]
@@ -284,9 +302,9 @@ def test_services_are_read_back_and_leave_others_alone(
     assert get_many("127.0.0.1", 18181, 1) == [NAMES[2]]  # the container's port still works
 
 
-def test_conflicts_change_nothing(net: NodeNetwork) -> None:
+def test_conflicts_change_nothing(make_lb: MakeLB, net: NodeNetwork) -> None:
     att = net.attach(IDS[0])
-    lb = ServiceLB(net, mode="nftables")
+    lb = make_lb(mode="nftables")
     net.publish(IDS[0], att.ip, [parse_publish("127.0.0.1:18181:80")])
     lb.set_service("web", WEB, [Backend(att.ip, "t")])
     before = sh("nft", "list", "table", "ip", TABLE).stdout
@@ -296,11 +314,22 @@ def test_conflicts_change_nothing(net: NodeNetwork) -> None:
                        [Backend(att.ip, "t")])
     with pytest.raises(Conflict, match=f"port {PORT}/tcp is already published by service web"):
         lb.set_service("api", [ServicePort("tcp", PORT, 80)], [])
+    # A host process on the port: the DNAT would shadow it.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 18183))
+        held.listen()
+        with pytest.raises(Conflict, match="port 18183/tcp is already in use on this node"):
+            lb.set_service("api", [ServicePort("tcp", 18183, 80)], [])
     assert sh("nft", "list", "table", "ip", TABLE).stdout == before
+    # The other way round: a container's -p on a service's port (the LB holds the port).
+    with pytest.raises(Conflict, match=f"port {PORT}/tcp is already in use on this node"):
+        net.publish(IDS[0], att.ip, [parse_publish(f"{PORT}:80")])
     lb.set_service("api", [ServicePort("udp", PORT, 80)], [])  # another protocol is free
+    lb.remove_service("web")
+    net.publish(IDS[0], att.ip, [parse_publish(f"{PORT}:80")])  # the port is free again
 
 
-def test_udp_spread(net: NodeNetwork, procs: Procs) -> None:
+def test_udp_spread(make_lb: MakeLB, net: NodeNetwork, procs: Procs) -> None:
     echo = (
         "import socket, sys\n"
         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
@@ -312,7 +341,7 @@ def test_udp_spread(net: NodeNetwork, procs: Procs) -> None:
     atts = [net.attach(cid) for cid in IDS[:2]]
     for att, name in zip(atts, NAMES, strict=False):
         procs.start(att.netns_path, sys.executable, "-c", echo, name)
-    lb = ServiceLB(net, mode="nftables")
+    lb = make_lb(mode="nftables")
     lb.set_service("dns", [ServicePort("udp", 18153, 53)], backends_of(atts))
 
     def ask() -> str:
@@ -328,9 +357,9 @@ def test_udp_spread(net: NodeNetwork, procs: Procs) -> None:
     assert_spread([ask() for _ in range(10)], NAMES[:2])
 
 
-def test_set_service_latency(net: NodeNetwork) -> None:
+def test_set_service_latency(make_lb: MakeLB) -> None:
     """Median time of set_service for 10 backends (the backend set changes each call)."""
-    lb = ServiceLB(net, mode="nftables")
+    lb = make_lb(mode="nftables")
     ports = [ServicePort("tcp", PORT, 80), ServicePort("udp", PORT, 53)]
     times = []
     for i in range(30):
@@ -360,10 +389,9 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 def test_userspace_proxy(
-    net: NodeNetwork, backends: list[Attachment], procs: Procs, loop: asyncio.AbstractEventLoop,
-    tmp_path: Path,
+    make_lb: MakeLB, backends: list[Attachment], procs: Procs, loop: asyncio.AbstractEventLoop
 ) -> None:
-    lb = ServiceLB(net, mode="userspace", loop=loop)
+    lb = make_lb(mode="userspace", loop=loop)
     assert lb.mode == "userspace"
     every = backends_of(backends)
     lb.set_service("web", WEB, every)

@@ -53,8 +53,12 @@ cover backends on this node's bridge; backends elsewhere are reached by routing.
 
 Policy:
 
-- A published port belongs to one owner: a service, or a container's ``-p``. ``set_service``
-  raises Conflict, changing nothing, if another service or a container holds it.
+- A published port belongs to one owner: a service, a container's ``-p``, or a host process.
+  ``set_service`` raises Conflict, changing nothing, if another one holds it. To make the
+  check work the other way round too (``NodeNetwork.publish`` tries to bind the port, and a
+  host process would be shadowed silently by the DNAT), the nftables path keeps a socket
+  bound on each published port ("port holding", as kube-proxy did for node ports); a new
+  ``ServiceLB`` binds them again for the services it finds in the kernel.
 - ``set_service`` is idempotent and atomic (one nft transaction including the base chains,
   so it also works right after a ``NodeNetwork.teardown``); a changed backend set applies to
   new connections only: established connections keep their conntrack mapping (for UDP
@@ -65,11 +69,13 @@ Policy:
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import ipaddress
 import logging
 import os
 import re
+import socket
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -307,13 +313,71 @@ class _Impl(Protocol):
     def remove(self, service_id: str, old: ServiceState) -> None: ...
 
 
+PortKey = tuple[str, int]  # (proto, published)
+
+
+def hold_port(proto: str, port: int) -> socket.socket:
+    """Bind the port on every address, so no process can; Conflict if one has it."""
+    tcp = proto == "tcp"
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
+    try:
+        if tcp:
+            # A listener excludes every other bind, SO_REUSEADDR or not (NodeNetwork's probe
+            # included), while SO_REUSEADDR lets it pass TIME_WAIT leftovers. It never sees a
+            # SYN: the DNAT (or the refusal in lb_input) comes first.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("0.0.0.0", port))
+            s.listen(1)
+        else:
+            s.bind(("0.0.0.0", port))  # without SO_REUSEADDR no other socket may bind it
+    except OSError as e:
+        s.close()
+        if e.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise Conflict(
+                f"port {port}/{proto} is already in use on this node by another process"
+            ) from None
+        raise
+    return s
+
+
 @dataclass
 class _NftImpl:
     network: NodeNetwork
     table: str = field(init=False)
+    holds: dict[PortKey, socket.socket] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.table = self.network.cfg.nft_table
+
+    def hold_existing(self) -> None:
+        """Hold the ports of the services found in the kernel (a restarted daemon)."""
+        for sid, (ports, _) in self.state().items():
+            for p in ports:
+                if (p.proto, p.published) not in self.holds:
+                    try:
+                        self.holds[(p.proto, p.published)] = hold_port(p.proto, p.published)
+                    except (Conflict, OSError) as e:
+                        log.warning("service %s: cannot hold its port: %s", sid, e)
+
+    def rehold(self, ports: Sequence[ServicePort], old: ServiceState | None) -> list[PortKey]:
+        """Hold the new ports (all or none); return the old ones to let go of afterwards."""
+        wanted = {(p.proto, p.published) for p in ports}
+        new: dict[PortKey, socket.socket] = {}
+        try:
+            for key in wanted - self.holds.keys():
+                new[key] = hold_port(*key)
+        except BaseException:
+            for s in new.values():
+                s.close()
+            raise
+        self.holds.update(new)
+        before = {(p.proto, p.published) for p in (old[0] if old else [])}
+        return sorted(before - wanted)
+
+    def release(self, keys: Iterable[PortKey]) -> None:
+        for key in keys:
+            if (s := self.holds.pop(key, None)) is not None:
+                s.close()
 
     def probe(self) -> None:
         """Program the base chains: raises where nftables cannot be used."""
@@ -329,13 +393,22 @@ class _NftImpl:
     def apply(self, service_id: str, ports: Sequence[ServicePort],
               backends: Sequence[Backend], old: ServiceState | None) -> None:
         enable_hairpin(self.network, backends)
+        gone = self.rehold(ports, old)
         script = base_script(self.table) + service_script(
             self.table, service_id, ports, backends, old)
-        self.network._nft.run(script)
+        try:
+            self.network._nft.run(script)
+        except BaseException:
+            new = {(p.proto, p.published) for p in ports} - {(p.proto, p.published)
+                                                                for p in (old[0] if old else [])}
+            self.release(new)
+            raise
+        self.release(gone)
 
 
     def remove(self, service_id: str, old: ServiceState) -> None:
         self.network._nft.run(remove_script(self.table, service_id, old))
+        self.release((p.proto, p.published) for p in old[0])
 
 def enable_hairpin(network: NodeNetwork, backends: Sequence[Backend]) -> None:
     """Let the bridge send a frame back by the port it came in by, for local backends."""
@@ -376,6 +449,7 @@ class ServiceLB:
             nft = _NftImpl(network)
             try:
                 nft.probe()
+                nft.hold_existing()
                 self._impl, self.mode = nft, "nftables"
                 return
             except RuntimeFailure as e:
@@ -416,3 +490,9 @@ class ServiceLB:
         with self._lock:
             for service_id, old in self._impl.state().items():
                 self._impl.remove(service_id, old)
+
+    def close(self) -> None:
+        """Let go of this process's hold on the ports; the kernel rules stay (for a restart)."""
+        with self._lock:
+            if isinstance(self._impl, _NftImpl):
+                self._impl.release(list(self._impl.holds))
