@@ -162,7 +162,11 @@ def start_backends(net: NodeNetwork, procs: Procs, tmp_path: Path) -> list[Attac
         www.mkdir()
         (www / "index.html").write_text(name)
         procs.start(att.netns_path, "busybox", "httpd", "-f", "-p", "80", "-h", str(www))
-        wait_until(lambda a=att, n=name: get_many("127.0.0.1", 80, 1, a.netns_path) == [n])
+
+        def serving(a: Attachment = att, n: str = name) -> bool:
+            return get_many("127.0.0.1", 80, 1, a.netns_path) == [n]
+
+        wait_until(serving)
         atts.append(att)
     return atts
 

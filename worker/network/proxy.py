@@ -51,7 +51,6 @@ class _Port:
     backends: tuple[str, ...] = ()
     sock: socket.socket | None = None  # the listener (set and cleared by any thread)
     turn: int = 0
-    acceptors: dict[socket.socket, asyncio.Task[None]] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def listen(self, sock: socket.socket) -> None:
@@ -64,32 +63,32 @@ class _Port:
         if sock is not None:
             self.loop.call_soon_threadsafe(self._stop, sock)
 
-    # On the loop:
+    # On the loop. A plain reader callback rather than loop.sock_accept, whose cancellation
+    # can lose a connection just accepted (Python 3.11).
 
     def _start(self, sock: socket.socket) -> None:
-        if self.sock is not sock:
-            sock.close()  # stopped before the loop got to it
-            return
-        self.acceptors[sock] = self.loop.create_task(self._accept(sock))
+        if self.sock is sock:
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+        # else: stopped before the loop got to it; _stop, queued after, closes it
 
     def _stop(self, sock: socket.socket) -> None:
-        task = self.acceptors.pop(sock, None)
-        if task is not None:
-            task.cancel()  # closes the socket
-        else:
+        if sock.fileno() >= 0:
+            self.loop.remove_reader(sock.fileno())
             sock.close()
 
-    async def _accept(self, sock: socket.socket) -> None:
-        try:
-            while True:
-                conn, _ = await self.loop.sock_accept(sock)
-                task = self.loop.create_task(self._handle(conn))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-        except OSError as e:
-            log.error("proxy of port %d stopped accepting: %s", self.published, e)
-        finally:
-            sock.close()
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(_BACKLOG):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # e.g. out of descriptors: keep the port, drop this one
+                log.error("proxy of port %d cannot accept: %s", self.published, e)
+                return
+            conn.setblocking(False)
+            task = self.loop.create_task(self._handle(conn))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
     async def _handle(self, conn: socket.socket) -> None:
         reader, writer = await asyncio.open_connection(sock=conn)
