@@ -122,7 +122,8 @@ def fake_network(published: dict[str, list[PortBinding]] | None = None,
 
     nft = SimpleNamespace(run=run) if nft_fails else None
     return cast(NodeNetwork, SimpleNamespace(
-        cfg=SimpleNamespace(nft_table="t"), _nft=nft, published=lambda: published or {}))
+        cfg=SimpleNamespace(nft_table="t"), _nft=nft, _lock=threading.RLock(),
+        published=lambda: published or {}))
 
 
 def test_check_owner() -> None:
@@ -228,6 +229,10 @@ def test_userspace_proxy_round_robin_skips_dead_backends(
     balancer.clear()
     assert _eventually(lambda: ask(published) == "refused")
     assert balancer.services() == {}
+    balancer.set_service("web", ports, backends[:1])
+    assert _eventually(lambda: ask(published) == ips[0])
+    balancer.close()  # the agent shuts down: the proxies stop
+    assert _eventually(lambda: ask(published) == "refused")
     for ip in list(ups.servers):
         ups.stop(ip)
 

@@ -311,6 +311,7 @@ class _Impl(Protocol):
     def apply(self, service_id: str, ports: Sequence[ServicePort],
               backends: Sequence[Backend], old: ServiceState | None) -> None: ...
     def remove(self, service_id: str, old: ServiceState) -> None: ...
+    def close(self) -> None: ...
 
 
 PortKey = tuple[str, int]  # (proto, published)
@@ -373,6 +374,9 @@ class _NftImpl:
         self.holds.update(new)
         before = {(p.proto, p.published) for p in (old[0] if old else [])}
         return sorted(before - wanted)
+
+    def close(self) -> None:
+        self.release(list(self.holds))
 
     def release(self, keys: Iterable[PortKey]) -> None:
         for key in keys:
@@ -467,7 +471,9 @@ class ServiceLB:
         if not ports:
             self.remove_service(service_id)
             return
-        with self._lock:
+        # The node's lock too: a container's publish() must not slip in between the check of
+        # its ports and our rules (NodeNetwork never calls back here, so no lock-order issue).
+        with self._lock, self.network._lock:
             current = self._impl.state()
             check_owner(self.network, current, service_id, ports)
             old = current.get(service_id)
@@ -492,7 +498,10 @@ class ServiceLB:
                 self._impl.remove(service_id, old)
 
     def close(self) -> None:
-        """Let go of this process's hold on the ports; the kernel rules stay (for a restart)."""
+        """Let go of what this process holds (on the agent's shutdown).
+
+        nftables: the held ports; the kernel rules stay and keep balancing, and a restarted
+        daemon's ``ServiceLB`` finds them. Userspace: the proxies stop listening.
+        """
         with self._lock:
-            if isinstance(self._impl, _NftImpl):
-                self._impl.release(list(self._impl.holds))
+            self._impl.close()

@@ -193,6 +193,12 @@ class ProxyLB:
                 port.listen(bound[published])
         self._services[service_id] = (list(ports), list(backends))
 
+    def close(self) -> None:
+        for port in self._ports.values():
+            port.stop()
+        self._ports.clear()
+        self._services.clear()
+
     def remove(self, service_id: str, old: ServiceState) -> None:
         for p in old[0]:
             if p.proto == "tcp" and p.published in self._ports:
