@@ -325,7 +325,8 @@ def hold_port(proto: str, port: int) -> socket.socket:
         if tcp:
             # A listener excludes every other bind, SO_REUSEADDR or not (NodeNetwork's probe
             # included), while SO_REUSEADDR lets it pass TIME_WAIT leftovers. It never sees a
-            # SYN: the DNAT (or the refusal in lb_input) comes first.
+            # SYN: the DNAT (or the refusal in lb_input) comes first. Should the rules vanish
+            # under it (a table deleted by hand), connections would wait in its backlog.
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("0.0.0.0", port))
             s.listen(1)
@@ -360,12 +361,14 @@ class _NftImpl:
                     except (Conflict, OSError) as e:
                         log.warning("service %s: cannot hold its port: %s", sid, e)
 
-    def rehold(self, ports: Sequence[ServicePort], old: ServiceState | None) -> list[PortKey]:
-        """Hold the new ports (all or none); return the old ones to let go of afterwards."""
+    def rehold(
+        self, ports: Sequence[ServicePort], old: ServiceState | None
+    ) -> tuple[list[PortKey], list[PortKey]]:
+        """Hold the new ports (all or none); return them, and the old ones to let go of."""
         wanted = {(p.proto, p.published) for p in ports}
         new: dict[PortKey, socket.socket] = {}
         try:
-            for key in wanted - self.holds.keys():
+            for key in sorted(wanted - self.holds.keys()):
                 new[key] = hold_port(*key)
         except BaseException:
             for s in new.values():
@@ -373,7 +376,7 @@ class _NftImpl:
             raise
         self.holds.update(new)
         before = {(p.proto, p.published) for p in (old[0] if old else [])}
-        return sorted(before - wanted)
+        return list(new), sorted(before - wanted)
 
     def close(self) -> None:
         self.release(list(self.holds))
@@ -397,22 +400,20 @@ class _NftImpl:
     def apply(self, service_id: str, ports: Sequence[ServicePort],
               backends: Sequence[Backend], old: ServiceState | None) -> None:
         enable_hairpin(self.network, backends)
-        gone = self.rehold(ports, old)
+        added, gone = self.rehold(ports, old)
         script = base_script(self.table) + service_script(
             self.table, service_id, ports, backends, old)
         try:
             self.network._nft.run(script)
         except BaseException:
-            new = {(p.proto, p.published) for p in ports} - {(p.proto, p.published)
-                                                                for p in (old[0] if old else [])}
-            self.release(new)
+            self.release(added)
             raise
         self.release(gone)
-
 
     def remove(self, service_id: str, old: ServiceState) -> None:
         self.network._nft.run(remove_script(self.table, service_id, old))
         self.release((p.proto, p.published) for p in old[0])
+
 
 def enable_hairpin(network: NodeNetwork, backends: Sequence[Backend]) -> None:
     """Let the bridge send a frame back by the port it came in by, for local backends."""
