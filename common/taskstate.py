@@ -1,9 +1,9 @@
 """The task state machine, in one table.
 
-Observed states only move forward (by their number in objects.proto). From any state a
-task may jump ahead to a terminal state (it failed, was rejected, was shut down); the
-normal path is NEW → PENDING → ASSIGNED → ACCEPTED → PREPARING → STARTING → RUNNING →
-COMPLETE. Anything else raises: a bug or a confused worker must not rewind a task.
+Observed states only move forward (by their number in objects.proto); the normal path is
+NEW → PENDING → ASSIGNED → ACCEPTED → PREPARING → STARTING → RUNNING → COMPLETE, and a
+report may skip states in between. Anything backwards raises: a bug or a confused worker
+must not rewind a task.
 """
 
 from __future__ import annotations
@@ -15,26 +15,21 @@ S = TaskState
 TERMINAL = frozenset({S.TASK_STATE_COMPLETE, S.TASK_STATE_SHUTDOWN, S.TASK_STATE_FAILED,
                       S.TASK_STATE_REJECTED, S.TASK_STATE_ORPHANED, S.TASK_STATE_REMOVE})
 
-# state -> the states it may move to
-TRANSITIONS: dict[int, frozenset[int]] = {
-    S.TASK_STATE_NEW: frozenset({S.TASK_STATE_PENDING, S.TASK_STATE_ASSIGNED}),
-    S.TASK_STATE_PENDING: frozenset({S.TASK_STATE_ASSIGNED}),
-    S.TASK_STATE_ASSIGNED: frozenset({S.TASK_STATE_ACCEPTED, S.TASK_STATE_PREPARING,
-                                      S.TASK_STATE_STARTING, S.TASK_STATE_RUNNING}),
-    S.TASK_STATE_ACCEPTED: frozenset({S.TASK_STATE_PREPARING, S.TASK_STATE_STARTING,
-                                      S.TASK_STATE_RUNNING}),
-    S.TASK_STATE_PREPARING: frozenset({S.TASK_STATE_STARTING, S.TASK_STATE_RUNNING}),
-    S.TASK_STATE_STARTING: frozenset({S.TASK_STATE_RUNNING}),
-    S.TASK_STATE_RUNNING: frozenset({S.TASK_STATE_COMPLETE}),
-}
-for _state in list(TRANSITIONS):
-    # Every live state may end: failed, rejected (before running), shut down, orphaned.
-    ends = {S.TASK_STATE_FAILED, S.TASK_STATE_SHUTDOWN, S.TASK_STATE_ORPHANED}
-    if _state < S.TASK_STATE_RUNNING:
-        ends.add(S.TASK_STATE_REJECTED)
-    TRANSITIONS[_state] = TRANSITIONS[_state] | ends
-for _state in TERMINAL:
-    TRANSITIONS[_state] = frozenset()
+# state -> the states it may move to: any later one (a worker's batched report may skip
+# states a quick task passed through, e.g. STARTING → COMPLETE), except that REJECTED means
+# "failed before it ran" and a task that was never placed cannot report progress.
+_ORDER = sorted(TaskState.values())
+TRANSITIONS: dict[int, frozenset[int]] = {}
+for _state in _ORDER:
+    if _state in TERMINAL:
+        TRANSITIONS[_state] = frozenset()
+        continue
+    later = {s for s in _ORDER if s > _state and s != S.TASK_STATE_REMOVE}
+    if _state >= S.TASK_STATE_RUNNING:
+        later.discard(S.TASK_STATE_REJECTED)
+    if _state < S.TASK_STATE_ASSIGNED:
+        later -= {s for s in later if S.TASK_STATE_ASSIGNED < s < S.TASK_STATE_COMPLETE}
+    TRANSITIONS[_state] = frozenset(later)
 
 
 class IllegalTransition(ValueError):

@@ -22,7 +22,7 @@ def test_every_live_state_can_fail_or_shut_down(current: int) -> None:
     "current,new",
     [(S.TASK_STATE_RUNNING, S.TASK_STATE_STARTING), (S.TASK_STATE_COMPLETE, S.TASK_STATE_RUNNING),
      (S.TASK_STATE_FAILED, S.TASK_STATE_RUNNING), (S.TASK_STATE_RUNNING, S.TASK_STATE_REJECTED),
-     (S.TASK_STATE_PENDING, S.TASK_STATE_RUNNING)],
+     (S.TASK_STATE_PENDING, S.TASK_STATE_RUNNING), (S.TASK_STATE_SHUTDOWN, S.TASK_STATE_FAILED)],
 )
 def test_backwards_and_skipping_placement_raise(current: int, new: int) -> None:
     with pytest.raises(taskstate.IllegalTransition, match="cannot move"):
@@ -31,3 +31,8 @@ def test_backwards_and_skipping_placement_raise(current: int, new: int) -> None:
 
 def test_names() -> None:
     assert taskstate.name(S.TASK_STATE_RUNNING) == "running"
+
+
+def test_a_batched_report_may_skip_states() -> None:
+    taskstate.check(S.TASK_STATE_STARTING, S.TASK_STATE_COMPLETE)
+    taskstate.check(S.TASK_STATE_ASSIGNED, S.TASK_STATE_RUNNING)
