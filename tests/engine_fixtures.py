@@ -62,8 +62,10 @@ class Daemon:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
     def cli(self, *args: str, input: bytes | None = None, check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([PYSWARM, *args], env=self.env, input=input,
+            timeout: float = 120, extra_env: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+        env = dict(self.env, **(extra_env or {}))
+        result = subprocess.run([PYSWARM, *args], env=env, input=input,
                                 capture_output=True, timeout=timeout)
         out = subprocess.CompletedProcess(
             result.args, result.returncode, result.stdout.decode(errors="replace"),

@@ -22,9 +22,11 @@ from pyswarm.manager.manager import ClusterIdentity, Manager
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
 from pyswarm.worker.agent.agent import Agent
+from pyswarm.worker.agent.lb_sync import LBSync
 from pyswarm.worker.engine.core import Engine
 from pyswarm.worker.engine.logs import LogLine, LogReader
 from pyswarm.worker.engine.service import LOG_POLL, ExitWatcher
+from pyswarm.worker.network.lb import ServiceLB
 
 
 class ClusterHost:
@@ -34,6 +36,7 @@ class ClusterHost:
         self.watcher = watcher
         self.manager: Manager | None = None
         self.agent: Agent | None = None
+        self.lb: ServiceLB | None = None
         self._agent_run: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -78,8 +81,11 @@ class ClusterHost:
 
     def _start_agent(self, node_id: str) -> None:
         sock = self.cfg.socket_path
+        self.lb = ServiceLB(self.engine.network)
+        sync = LBSync(self.lb)
         self.agent = Agent(self.engine, self.watcher, node_id,
-                           lambda: grpc.aio.insecure_channel(f"unix://{sock}"), addr="")
+                           lambda: grpc.aio.insecure_channel(f"unix://{sock}"), addr="",
+                           on_tasks_changed=sync.update)
         self._agent_run = asyncio.create_task(self.agent.run(), name="agent")
 
     async def log_stream(self, task: opb.Task, follow: bool, tail: int) -> AsyncIterator[LogLine]:
@@ -110,5 +116,7 @@ class ClusterHost:
                 await self._agent_run
         if self.agent is not None:
             await self.agent.close()
+        if self.lb is not None:
+            self.lb.close()
         if self.manager is not None:
             await self.manager.stop()

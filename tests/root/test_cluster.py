@@ -299,3 +299,26 @@ def test_etcd_store(etcd_server: Any, tmp_path_factory: pytest.TempPathFactory, 
         d.cli("stack", "rm", "et")
     finally:
         cleanup(d)
+
+
+def test_hello_example_spreads_requests_over_its_replicas(cluster: Daemon) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stack = Path(__file__).resolve().parents[2] / "examples" / "hello" / "stack.yml"
+    cluster.cli("deploy", "-c", str(stack), "--name", "hello", "--timeout", "60",
+                extra_env={"HELLO_PORT": str(port)})
+    try:
+        answers = set()
+        for _ in range(30):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as reply:
+                answers.add(reply.read().decode().strip())
+        names = {t["name"] for t in tasks(cluster, "hello_web")}
+        assert len(answers) == 3, answers
+        assert all(a.startswith("hello from hello_web.") for a in answers), answers
+        assert {a.removeprefix("hello from ").rsplit(".", 1)[0] for a in answers} <= names
+    finally:
+        cluster.cli("stack", "rm", "hello")

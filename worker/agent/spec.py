@@ -54,6 +54,10 @@ def container_request(task: opb.Task, node_hostname: str) -> epb.CreateContainer
         "com.docker.swarm.node.id": task.node_id,
         "com.docker.swarm.task.name": task_name(task),
     })
+    # Host-mode ports publish on this node only, straight to this task's container.
+    publish = [f"{p.published_port}:{p.target_port}/{p.protocol or 'tcp'}"
+               for p in (task.endpoint.ports or task.endpoint.spec.ports)
+               if p.publish_mode == opb.PUBLISH_MODE_HOST and p.published_port]
     return epb.CreateContainerRequest(
         image=c.image, name=task_name(task), cmd=list(c.args),
         entrypoint=list(c.command), entrypoint_set=bool(c.command) or c.command_set,
@@ -61,5 +65,5 @@ def container_request(task: opb.Task, node_hostname: str) -> epb.CreateContainer
         hostname=x(c.hostname), volumes=volumes, tmpfs=tmpfs,
         memory_bytes=limits.memory_bytes, cpus=limits.nano_cpus / 1e9,
         pids_limit=limits.pids, network="bridge", labels=labels,
-        stop_signal=c.stop_signal,
+        stop_signal=c.stop_signal, publish=publish,
     )
