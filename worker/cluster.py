@@ -85,7 +85,7 @@ class ClusterHost:
         sync = LBSync(self.lb)
         self.agent = Agent(self.engine, self.watcher, node_id,
                            lambda: grpc.aio.insecure_channel(f"unix://{sock}"), addr="",
-                           on_tasks_changed=sync.update)
+                           on_tasks_changed=sync.update, before_report=sync.settled)
         self._agent_run = asyncio.create_task(self.agent.run(), name="agent")
 
     async def log_stream(self, task: opb.Task, follow: bool, tail: int) -> AsyncIterator[LogLine]:

@@ -19,7 +19,7 @@ import contextlib
 import os
 import platform
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -49,6 +49,7 @@ class Agent:
     def __init__(self, engine: Engine, watcher: ExitWatcher, node_id: str,
                  channel_factory: Callable[[], grpc.aio.Channel], addr: str = "",
                  on_tasks_changed: Callable[[dict[str, TaskController]], None] | None = None,
+                 before_report: Callable[[], Awaitable[None]] | None = None,
                  ) -> None:
         self.engine = engine
         self.watcher = watcher
@@ -63,6 +64,7 @@ class Agent:
         self._session_id = ""
         self._stub: Any = None
         self.on_tasks_changed = on_tasks_changed
+        self.before_report = before_report
         self.connected = asyncio.Event()
         self._period = 1.0
 
@@ -195,6 +197,8 @@ class Agent:
             await self._outbox_ready.wait()
             await asyncio.sleep(REPORT_BATCH)
             self._outbox_ready.clear()
+            if self.before_report is not None:
+                await self.before_report()
             batch, self._outbox = self._outbox, {}
             if not batch:
                 continue

@@ -61,6 +61,12 @@ class LBSync:
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
 
+    async def settled(self) -> None:
+        """Until every update so far is in the kernel: the agent reports a task RUNNING only
+        once new connections can reach it."""
+        while self._flushing is not None and not self._flushing.done():
+            await asyncio.shield(self._flushing)
+
     async def _flush(self) -> None:
         while self._pending is not None:
             wanted, self._pending = self._pending, None
