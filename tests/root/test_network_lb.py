@@ -36,6 +36,8 @@ IDS = ["c0" * 32, "c1" * 32, "c2" * 32]
 NAMES = ["backend-0", "backend-1", "backend-2"]
 PORT = 18180
 WEB = [ServicePort("tcp", PORT, 80)]
+UPORT = 18190
+UWEB = [ServicePort("tcp", UPORT, 80)]
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -244,7 +246,8 @@ def test_backend_sees_client_address_without_masquerade(
     def peers(host: str, netns: str | None = None) -> set[str]:
         return set(get_many(host, PORT, 4, netns, raw=True))
 
-    wait_until(lambda: "" not in peers(HOST_SIDE, client))
+    # Both echo servers listening (a refused connection means one is still starting).
+    wait_until(lambda: all(p.startswith("10.213.251.") for p in peers(gateway)))
     assert peers(HOST_SIDE, client) == {CLIENT_SIDE}  # the real client address: DNAT only
     assert peers("127.0.0.1") == {gateway}  # loopback is masqueraded
     assert peers(gateway, atts[0].netns_path) == {gateway}  # hairpin is masqueraded
@@ -395,35 +398,36 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 def test_userspace_proxy(
     make_lb: MakeLB, backends: list[Attachment], procs: Procs, loop: asyncio.AbstractEventLoop
 ) -> None:
+    # A port of its own: its connections' TIME_WAIT and conntrack leftovers stay apart.
     lb = make_lb(mode="userspace", loop=loop)
     assert lb.mode == "userspace"
     every = backends_of(backends)
-    lb.set_service("web", WEB, every)
-    wait_until(lambda: get_many("127.0.0.1", PORT, 1)[0] in NAMES)
-    answers = get_many("127.0.0.1", PORT, 30)
+    lb.set_service("web", UWEB, every)
+    wait_until(lambda: get_many("127.0.0.1", UPORT, 1)[0] in NAMES)
+    answers = get_many("127.0.0.1", UPORT, 30)
     assert_spread(answers, NAMES)
     assert set(spread(answers).values()) == {10}  # round robin
-    assert_spread(get_many(backends[0].gateway, PORT, 9, backends[0].netns_path), NAMES)
+    assert_spread(get_many(backends[0].gateway, UPORT, 9, backends[0].netns_path), NAMES)
     # A backend that stopped answering is skipped: every connection still gets a page.
     for proc in procs.started[2:3]:
         procs.stop(proc)
-    assert_spread(get_many("127.0.0.1", PORT, 30), NAMES[:2])
-    lb.set_service("web", WEB, every[:1])
-    assert get_many("127.0.0.1", PORT, 5) == [NAMES[0]] * 5
-    with pytest.raises(Conflict, match=f"port {PORT}/tcp is already published by service web"):
-        lb.set_service("api", WEB, every)
-    lb.set_service("web", WEB, [])
-    wait_until(lambda: get_many("127.0.0.1", PORT, 1) == ["refused"])
-    assert lb.services() == {"web": (WEB, [])}
-    lb.set_service("web", WEB, every[1:2])
-    wait_until(lambda: get_many("127.0.0.1", PORT, 1) == [NAMES[1]])
+    assert_spread(get_many("127.0.0.1", UPORT, 30), NAMES[:2])
+    lb.set_service("web", UWEB, every[:1])
+    assert get_many("127.0.0.1", UPORT, 5) == [NAMES[0]] * 5
+    with pytest.raises(Conflict, match=f"port {UPORT}/tcp is already published by service web"):
+        lb.set_service("api", UWEB, every)
+    lb.set_service("web", UWEB, [])
+    wait_until(lambda: get_many("127.0.0.1", UPORT, 1) == ["refused"])
+    assert lb.services() == {"web": (UWEB, [])}
+    lb.set_service("web", UWEB, every[1:2])
+    wait_until(lambda: get_many("127.0.0.1", UPORT, 1) == [NAMES[1]])
     lb.remove_service("web")
-    wait_until(lambda: get_many("127.0.0.1", PORT, 1) == ["refused"])
+    wait_until(lambda: get_many("127.0.0.1", UPORT, 1) == ["refused"])
     assert lb.services() == {}
     # A port held by another process.
     with socket.socket() as held:
-        held.bind(("127.0.0.1", PORT + 1))
+        held.bind(("127.0.0.1", UPORT + 1))
         held.listen()
-        with pytest.raises(Conflict, match=f"port {PORT + 1}/tcp is already in use"):
-            lb.set_service("api", [ServicePort("tcp", PORT + 1, 80)], every)
+        with pytest.raises(Conflict, match=f"port {UPORT + 1}/tcp is already in use"):
+            lb.set_service("api", [ServicePort("tcp", UPORT + 1, 80)], every)
     assert lb.services() == {}
