@@ -111,6 +111,13 @@ def cmd_init(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_join(a: argparse.Namespace) -> int:
+    addr = a.manager if "://" in a.manager else f"unix://{Path(a.manager).resolve()}"
+    answer = _call(control().Join, _pb().JoinRequest(addr=addr))
+    print(f"This node ({answer.node_id}) joined the cluster as a worker.")
+    return 0
+
+
 # ---- services and tasks: rendering --------------------------------------------------
 
 
@@ -892,6 +899,17 @@ def _register_node(sub: Any) -> None:
 
 
 def register(sub: Any) -> None:
+    p = sub.add_parser("join", help="make this node a worker of a cluster",
+                       formatter_class=Formatter,
+                       description="Join this node's daemon to the cluster of a manager. Today "
+                       "the manager must be a daemon on this machine, named by its socket "
+                       "(several nodes on one machine, as the tests and the lab run them); "
+                       "joins over the network with a token come with multi-node support.",
+                       epilog="example:\n  pyswarm join /run/pyswarm-manager/pyswarm.sock")
+    p.add_argument("manager", metavar="MANAGER",
+                   help="the manager daemon's socket: PATH or unix:///PATH")
+    p.set_defaults(func=cmd_join)
+
     p = sub.add_parser("init", help="make this node the first manager of a new cluster",
                        formatter_class=Formatter,
                        description="Turn this node's daemon into the manager of a new cluster "

@@ -30,6 +30,8 @@ class ManagerHost(Protocol):
 
     async def init_cluster(self, request: cpb.InitRequest) -> cpb.InitResponse: ...
 
+    async def join(self, request: cpb.JoinRequest) -> cpb.JoinResponse: ...
+
     def log_stream(self, task: opb.Task, follow: bool, tail: int) -> AsyncIterator[Any]: ...
 
 
@@ -58,6 +60,10 @@ class ControlServicer(cpb_grpc.ControlServicer):
     @user_errors
     async def Init(self, request: cpb.InitRequest, context: Any) -> cpb.InitResponse:
         return await self.host.init_cluster(request)
+
+    @user_errors
+    async def Join(self, request: cpb.JoinRequest, context: Any) -> cpb.JoinResponse:
+        return await self.host.join(request)
 
     @user_errors
     async def Info(self, request: cpb.InfoRequest, context: Any) -> cpb.InfoResponse:

@@ -42,6 +42,11 @@ class ControlStub:
                 request_serializer=cluster__pb2.InitRequest.SerializeToString,
                 response_deserializer=cluster__pb2.InitResponse.FromString,
                 _registered_method=True)
+        self.Join = channel.unary_unary(
+                '/pyswarm.cluster.v1.Control/Join',
+                request_serializer=cluster__pb2.JoinRequest.SerializeToString,
+                response_deserializer=cluster__pb2.JoinResponse.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/pyswarm.cluster.v1.Control/Info',
                 request_serializer=cluster__pb2.InfoRequest.SerializeToString,
@@ -127,6 +132,16 @@ class ControlServicer:
     def Init(self, request, context):
         """Init makes this node's daemon the first manager of a new cluster (docker swarm init).
         The node also runs tasks, as a worker does, unless drained.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Join(self, request, context):
+        """Join makes this node a worker of the cluster whose manager serves at `addr`. Today
+        `addr` is the manager daemon's Unix socket on this machine ("unix:///run/..."): nodes
+        on one machine, as the tests and the lab run them. Remote joins over TCP with a token
+        and mutual TLS come with the multi-node work.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -238,6 +253,11 @@ def add_ControlServicer_to_server(servicer, server):
                     request_deserializer=cluster__pb2.InitRequest.FromString,
                     response_serializer=cluster__pb2.InitResponse.SerializeToString,
             ),
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=cluster__pb2.JoinRequest.FromString,
+                    response_serializer=cluster__pb2.JoinResponse.SerializeToString,
+            ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
                     request_deserializer=cluster__pb2.InfoRequest.FromString,
@@ -343,6 +363,33 @@ class Control:
             '/pyswarm.cluster.v1.Control/Init',
             cluster__pb2.InitRequest.SerializeToString,
             cluster__pb2.InitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pyswarm.cluster.v1.Control/Join',
+            cluster__pb2.JoinRequest.SerializeToString,
+            cluster__pb2.JoinResponse.FromString,
             options,
             channel_credentials,
             insecure,

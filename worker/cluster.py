@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -50,11 +51,36 @@ class ClusterHost:
             path.write_text(secrets.token_hex(13))
         return path.read_text().strip()
 
+    @property
+    def join_file(self) -> Path:
+        return self.cfg.root / "join.json"
+
     async def boot(self) -> None:
         identity = ClusterIdentity.load(self.state_dir)
         if identity is not None:
             await self._start_manager(identity)
             self._start_agent(identity.node_id)
+        elif self.join_file.exists():
+            addr = json.loads(self.join_file.read_text())["addr"]
+            self._start_agent(self.node_id(), addr)
+
+    async def join(self, request: cpb.JoinRequest) -> cpb.JoinResponse:
+        """Become a worker of the manager at `addr` (for now a Unix socket on this machine)."""
+        async with self._lock:
+            if self.manager is not None or self.agent is not None:
+                raise Conflict("this node is already part of a cluster")
+            addr = request.addr
+            if not addr.startswith("unix://") or not Path(addr[len("unix://"):]).is_socket():
+                raise InvalidArgument(
+                    f'cannot join "{addr}": give the manager daemon\'s socket as '
+                    f"unix:///PATH (remote joins over TCP come with the multi-node work)")
+            if Path(addr[len("unix://"):]).resolve() == self.cfg.socket_path.resolve():
+                raise InvalidArgument("a node cannot join itself: use pyswarm init")
+            tmp = self.join_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"addr": addr}))
+            tmp.replace(self.join_file)
+            self._start_agent(self.node_id(), addr)
+            return cpb.JoinResponse(node_id=self.node_id())
 
     async def init_cluster(self, request: cpb.InitRequest) -> cpb.InitResponse:
         async with self._lock:
@@ -79,12 +105,12 @@ class ClusterHost:
         await manager.start()
         self.manager = manager
 
-    def _start_agent(self, node_id: str) -> None:
-        sock = self.cfg.socket_path
+    def _start_agent(self, node_id: str, manager_addr: str = "") -> None:
+        target = manager_addr or f"unix://{self.cfg.socket_path}"
         self.lb = ServiceLB(self.engine.network)
         sync = LBSync(self.lb)
         self.agent = Agent(self.engine, self.watcher, node_id,
-                           lambda: grpc.aio.insecure_channel(f"unix://{sock}"), addr="",
+                           lambda: grpc.aio.insecure_channel(target), addr="",
                            on_tasks_changed=sync.update, before_report=sync.settled)
         self._agent_run = asyncio.create_task(self.agent.run(), name="agent")
 

@@ -322,3 +322,83 @@ def test_hello_example_spreads_requests_over_its_replicas(cluster: Daemon) -> No
         assert {a.removeprefix("hello from ").rsplit(".", 1)[0] for a in answers} <= names
     finally:
         cluster.cli("stack", "rm", "hello")
+
+
+# ---- two nodes on one machine: a second daemon joined through the manager's socket ------
+
+
+@pytest.fixture(scope="module")
+def node2(cluster: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    base = tmp_path_factory.mktemp("node2")
+    d = Daemon(base, dict(engine_env(base, index=3), PYSWARM_NODE_NAME="node2"))
+    try:
+        d.start()
+        build_base_image(d)  # images are not distributed by the cluster yet
+        d.cli("join", str(cluster.run_dir / "pyswarm.sock"))
+        wait_for("node2 ready", lambda: [n for n in cluster.json_lines(
+            "node", "ls", "--format", "json") if n["hostname"] == "node2"
+            and n["status"] == "ready"])
+        yield d
+    finally:
+        cleanup(d)
+
+
+def by_node(d: Daemon, service: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in tasks(d, service):
+        if t["desired_state"] == "running" and t["state"] == "running":
+            counts[t["node"]] = counts.get(t["node"], 0) + 1
+    return counts
+
+
+def node_id(d: Daemon, hostname: str) -> str:
+    return next(n["id"] for n in d.json_lines("node", "ls", "--format", "json")
+                if n["hostname"] == hostname)
+
+
+def test_join_needs_a_manager_socket(node2: Daemon, tmp_path: Path) -> None:
+    out = node2.cli("join", str(tmp_path / "nothing.sock"), check=False)
+    assert out.returncode == 125 and "already part of a cluster" in out.stderr
+
+
+def test_tasks_spread_and_a_drained_node_s_tasks_move(cluster: Daemon, node2: Daemon,
+                                                     tmp_path: Path) -> None:
+    stack = write_stack(tmp_path / "spread", SLEEPER.format(replicas=4))
+    cluster.cli("deploy", "-c", str(stack), "--name", "sp", "--timeout", "60")
+    assert sorted(by_node(cluster, "sp_app").values()) == [2, 2]
+    n2 = node_id(cluster, "node2")
+    cluster.cli("node", "update", "--availability", "drain", n2)
+    try:
+        wait_for("all 4 on the first node", lambda: list(by_node(cluster, "sp_app").values())
+                 == [4] and "node2" not in by_node(cluster, "sp_app"))
+        wait_for("node2's containers stopped", lambda: not task_containers(node2))
+    finally:
+        cluster.cli("node", "update", "--availability", "active", n2)
+        cluster.cli("stack", "rm", "sp")
+
+
+def test_a_dead_node_s_tasks_are_replaced_and_its_stale_ones_stop(cluster: Daemon,
+                                                                  node2: Daemon,
+                                                                  tmp_path: Path) -> None:
+    stack = write_stack(tmp_path / "failover", SLEEPER.format(replicas=4))
+    cluster.cli("deploy", "-c", str(stack), "--name", "fo", "--timeout", "60")
+    assert sorted(by_node(cluster, "fo_app").values()) == [2, 2]
+    pids = [node2.inspect(c["id"])["pid"] for c in task_containers(node2)]
+    assert len(pids) == 2
+    node2.kill()  # the node's daemon dies; its containers keep running, unseen
+    started = time.monotonic()
+    wait_for("node2 down", lambda: [n for n in cluster.json_lines("node", "ls", "--format",
+                                                                  "json")
+                                    if n["hostname"] == "node2" and n["status"] == "down"])
+    assert time.monotonic() - started < 10  # 3 missed 1 s heartbeats, and some slack
+    wait_for("4 running on the live node", lambda: by_node(cluster, "fo_app").get(
+        next(n["hostname"] for n in cluster.json_lines("node", "ls", "--format", "json")
+             if n["hostname"] != "node2")) == 4)
+    assert all(Path(f"/proc/{pid}").exists() for pid in pids)  # stale copies still run
+    node2.start()
+    wait_for("node2's stale tasks stopped", lambda: not task_containers(node2))
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    time.sleep(2)
+    live = [t for t in tasks(cluster, "fo_app") if t["desired_state"] == "running"]
+    assert len(live) == 4 and sum(by_node(cluster, "fo_app").values()) == 4
+    cluster.cli("stack", "rm", "fo")

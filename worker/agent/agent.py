@@ -39,7 +39,8 @@ BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0  # seconds between reconnection attempts
 def describe_node() -> opb.NodeDescription:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return opb.NodeDescription(
-        hostname=socket.gethostname(), os="linux", architecture=platform.machine(),
+        # PYSWARM_NODE_NAME names nodes that share one machine (tests, the lab).
+        hostname=os.environ.get("PYSWARM_NODE_NAME") or socket.gethostname(), os="linux", architecture=platform.machine(),
         resources=opb.Resources(nano_cpus=(os.cpu_count() or 1) * 10**9, memory_bytes=memory),
         engine_version="pyswarm 0.1.0",
     )
