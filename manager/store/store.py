@@ -53,6 +53,9 @@ class Store:
         self._watched = snapshot.revision  # foreign commits applied up to here
         self._progress = asyncio.Condition()
         self._watch_task: asyncio.Task[None] | None = None
+        # (kind, id) -> revision of its delete, until the watch has passed that revision:
+        # a late echo of an older write must not bring a deleted object back.
+        self._tombstones: dict[tuple[str, str], int] = {}
 
     @classmethod
     async def open(cls, backend: Backend) -> Store:
@@ -164,6 +167,9 @@ class Store:
                 async with self._progress:
                     self._watched = max(self._watched, batch.revision)
                     self._progress.notify_all()
+                if self._tombstones:
+                    self._tombstones = {k: r for k, r in self._tombstones.items()
+                                        if r > self._watched}
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -178,6 +184,8 @@ class Store:
             old = self._snapshot.get(change.kind, change.id)
             if old is not None and old.meta.version >= change.version:  # type: ignore[attr-defined]
                 continue  # our own commit, or older than what we have
+            if old is None and self._tombstones.get((change.kind, change.id), -1) >= change.version:
+                continue  # older than our delete of it
             if change.data is None:
                 if old is not None:
                     writes.append((change.kind, change.id, None))
@@ -205,6 +213,12 @@ class Store:
         before = self._snapshot
         writes = list(writes)
         self._snapshot = before.apply(writes, revision)
+        if self._watch_task is not None:
+            for kind, id, new in writes:
+                if new is None:
+                    self._tombstones[(kind, id)] = revision
+                else:
+                    self._tombstones.pop((kind, id), None)
         events = [_event(kind, new, before.get(kind, id)) for kind, id, new in writes]
         for watch in list(self._watches):
             watch.publish(events, revision)

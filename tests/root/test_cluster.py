@@ -286,7 +286,7 @@ def test_etcd_store(etcd_server: Any, tmp_path_factory: pytest.TempPathFactory, 
     try:
         d.start()
         build_base_image(d)
-        d.cli("init", "--store", f"etcd://{etcd_server.endpoint}")
+        d.cli("init", "--store", f"etcd://{etcd_server.endpoint}/cluster-test/")
         stack = write_stack(tmp_path / "etcd", SLEEPER.format(replicas=2))
         d.cli("deploy", "-c", str(stack), "--name", "et", "--timeout", "60")
         ids = {t["id"] for t in tasks(d, "et_app")}
