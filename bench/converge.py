@@ -1,0 +1,204 @@
+"""Convergence: deploy N replicas of the hello service on one node and time until all of
+them are RUNNING, for pyswarm and (when dockerd is installed) Docker Swarm, in one run.
+
+pyswarm: a fresh daemon of its own (own state folder, bridge and nftables table), `init`,
+then `deploy --detach` of examples/hello/stack.yml with the replica count set; the clock
+runs from the deploy command until `service ls` reports N running, polled every 50 ms.
+Docker Swarm: containerd and dockerd started here with their own roots and socket, `swarm
+init`, busybox imported from the same rootfs, `docker stack deploy` of the same stack file;
+the clock runs until `docker service ls` reports N/N. Both stacks are removed between runs.
+
+With --json the last line is one JSON object; ratios (pyswarm / docker) end in `_ratio`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.engine_fixtures import Daemon, build_base_image, cleanup, engine_env  # noqa: E402
+
+STACK = REPO / "examples" / "hello" / "stack.yml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stack_with_replicas(folder: Path, replicas: int, image: str = "busybox") -> Path:
+    text = STACK.read_text().replace("replicas: 3", f"replicas: {replicas}")
+    text = text.replace("image: busybox", f"image: {image}")
+    path = folder / f"stack-{replicas}.yml"
+    path.write_text(text)
+    return path
+
+
+def wait_until(check: "callable[[], bool]", timeout: float, poll: float = 0.05) -> bool:  # type: ignore[valid-type]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(poll)
+    return False
+
+
+# ---- pyswarm ------------------------------------------------------------------------------
+
+
+def bench_pyswarm(sizes: list[int], base: Path, timeout: float) -> dict[str, float]:
+    daemon = Daemon(base / "pyswarm", engine_env(base / "pyswarm", index=8))
+    (base / "pyswarm").mkdir()
+    figures: dict[str, float] = {}
+    try:
+        daemon.start()
+        build_base_image(daemon)
+        daemon.cli("init")
+        for n in sizes:
+            stack = stack_with_replicas(base, n)
+            env = {"HELLO_PORT": str(free_port())}
+            start = time.perf_counter()
+            daemon.cli("deploy", "-c", str(stack), "--name", "bench", "--detach",
+                       extra_env=env)
+
+            def converged(n: int = n) -> bool:
+                rows = daemon.json_lines("service", "ls", "--format", "json")
+                return any(r["name"] == "bench_web" and r["replicas_running"] == n
+                           for r in rows)
+
+            ok = wait_until(converged, timeout)
+            elapsed = time.perf_counter() - start
+            figures[f"pyswarm_{n}_seconds"] = round(elapsed, 2) if ok else float("nan")
+            daemon.cli("stack", "rm", "bench")
+            wait_until(lambda: not [c for c in daemon.json_lines("ps", "-a", "--format", "json")
+                                    if c["name"].startswith("bench_web.")], timeout)
+    finally:
+        cleanup(daemon)
+    return figures
+
+
+# ---- Docker Swarm -------------------------------------------------------------------------
+
+
+def eth0_address() -> str:
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "eth0"], capture_output=True,
+                         text=True).stdout.split()
+    return out[3].split("/")[0] if len(out) > 3 else "127.0.0.1"
+
+
+def bench_docker(sizes: list[int], base: Path, layer_dirs: list[str],
+                 timeout: float) -> dict[str, float] | str:
+    if not (shutil.which("dockerd") and shutil.which("containerd") and shutil.which("docker")):
+        return "skipped: dockerd is not installed (apt-get install docker.io)"
+    root = base / "docker"
+    root.mkdir()
+    sock = root / "docker.sock"
+    env = dict(os.environ, DOCKER_HOST=f"unix://{sock}")
+    procs: list[subprocess.Popen[bytes]] = []
+    policy = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True,
+                            text=True).stdout
+    try:
+        log = open(root / "containerd.log", "wb")  # noqa: SIM115
+        procs.append(subprocess.Popen(
+            ["containerd", "--address", str(root / "containerd.sock"),
+             "--root", str(root / "containerd"), "--state", str(root / "containerd-state")],
+            stdout=log, stderr=subprocess.STDOUT))
+        log = open(root / "dockerd.log", "wb")  # noqa: SIM115
+        procs.append(subprocess.Popen(
+            ["dockerd", "-H", f"unix://{sock}", "--data-root", str(root / "data"),
+             "--exec-root", str(root / "exec"), "--pidfile", str(root / "dockerd.pid"),
+             "--containerd", str(root / "containerd.sock")],
+            stdout=log, stderr=subprocess.STDOUT))
+        if not wait_until(lambda: subprocess.run(["docker", "info"], env=env,
+                                                 capture_output=True).returncode == 0, 60, 0.2):
+            return "skipped: dockerd did not start (see its log)"
+        subprocess.run(["docker", "swarm", "init", "--advertise-addr", eth0_address()],
+                       env=env, check=True, capture_output=True)
+        tar = root / "busybox.tar"
+        subprocess.run(["tar", "-C", layer_dirs[-1], "-cf", str(tar), "."], check=True)
+        subprocess.run(["docker", "import", str(tar), "pyswarm-bench/busybox:latest"],
+                       env=env, check=True, capture_output=True)
+        figures: dict[str, float] = {}
+        for n in sizes:
+            stack = stack_with_replicas(base, n, image="pyswarm-bench/busybox:latest")
+            start = time.perf_counter()
+            subprocess.run(["docker", "stack", "deploy", "-c", str(stack), "bench"],
+                           env=dict(env, HELLO_PORT=str(free_port())), check=True,
+                           capture_output=True)
+
+            def converged(n: int = n) -> bool:
+                out = subprocess.run(["docker", "service", "ls", "--format",
+                                      "{{.Name}} {{.Replicas}}"], env=env,
+                                     capture_output=True, text=True).stdout
+                return f"bench_web {n}/{n}" in out
+
+            ok = wait_until(converged, timeout, 0.25)
+            figures[f"docker_{n}_seconds"] = round(time.perf_counter() - start, 2) \
+                if ok else float("nan")
+            subprocess.run(["docker", "stack", "rm", "bench"], env=env, capture_output=True)
+            wait_until(lambda: not subprocess.run(["docker", "ps", "-q"], env=env,
+                                                  capture_output=True, text=True).stdout,
+                       timeout, 0.5)
+        return figures
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if "-P FORWARD ACCEPT" in policy:  # dockerd set it to DROP: put it back
+            subprocess.run(["iptables", "-P", "FORWARD", "ACCEPT"], capture_output=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10,100", help="replica counts (default 10,100)")
+    parser.add_argument("--timeout", type=float, default=600, help="per deploy, seconds")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    opts = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("converge: needs root")
+    sizes = [int(x) for x in opts.sizes.split(",")]
+    base = Path(tempfile.mkdtemp(prefix="pyswarm-converge-"))
+    result: dict[str, object] = {"benchmark": "converge", "sizes": sizes}
+    try:
+        result.update(bench_pyswarm(sizes, base, opts.timeout))
+        from pyswarm.worker.images.store import ImageStore
+
+        store = ImageStore(base / "pyswarm" / "root" / "images")
+        layers = list(store.get("busybox").layer_dirs)
+        docker = bench_docker(sizes, base, layers, opts.timeout)
+        if isinstance(docker, str):
+            result["docker"] = docker
+        else:
+            result.update(docker)
+            for n in sizes:
+                ours, theirs = result.get(f"pyswarm_{n}_seconds"), docker.get(f"docker_{n}_seconds")
+                if isinstance(ours, float) and theirs:
+                    result[f"converge_{n}_ratio"] = round(ours / theirs, 3)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    for key, value in result.items():
+        print(f"{key:28} {value}")
+    if opts.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
