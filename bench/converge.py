@@ -47,7 +47,7 @@ def stack_with_replicas(folder: Path, replicas: int, image: str = "busybox") -> 
     return path
 
 
-def wait_until(check: "callable[[], bool]", timeout: float, poll: float = 0.05) -> bool:  # type: ignore[valid-type]
+def wait_until(check: callable[[], bool], timeout: float, poll: float = 0.05) -> bool:  # type: ignore[valid-type]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():

@@ -70,6 +70,7 @@ def main() -> int:
         daemon.start()
         build_base_image(daemon)
         import grpc
+
         from pyswarm.proto import engine_pb2 as pb
         from pyswarm.proto import engine_pb2_grpc
 

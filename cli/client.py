@@ -38,6 +38,7 @@ def connect() -> Any:
     if not os.access(sock, os.R_OK | os.W_OK):
         raise CLIError(f"permission denied on {sock}: the pyswarm socket is root-only; use sudo")
     import grpc
+
     from pyswarm.proto import engine_pb2_grpc
 
     channel = grpc.insecure_channel(f"unix://{sock}")
@@ -64,6 +65,7 @@ def control() -> Any:
     if not os.access(sock, os.R_OK | os.W_OK):
         raise CLIError(f"permission denied on {sock}: the pyswarm socket is root-only; use sudo")
     import grpc
+
     from pyswarm.proto import cluster_pb2_grpc
 
     return cluster_pb2_grpc.ControlStub(grpc.insecure_channel(f"unix://{sock}"))

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+
 from pyswarm.common import errors
 
 _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [

@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
+
 from pyswarm.common import taskstate
 from pyswarm.common.errors import Conflict, InvalidArgument, NotFound
 from pyswarm.manager import validate

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from pyswarm.common.errors import NotFound
 from pyswarm.worker.images.registry import RegistryClient
 from pyswarm.worker.images.store import ImageStore
-
 from tests.unit.test_images_helpers import Entry, layer_tar, save_archive
 
 REGISTRY_BIN = shutil.which("docker-registry")

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+
 from pyswarm.common.errors import Conflict, InvalidArgument
 from pyswarm.common.paths import EngineConfig
 from pyswarm.manager.control import new_cluster_id

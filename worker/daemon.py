@@ -45,6 +45,7 @@ def _lock_pid_file(cfg: EngineConfig) -> int:
 
 async def serve(cfg: EngineConfig, runtime: object, cgroup_driver: str) -> None:
     import grpc
+
     from pyswarm.proto import engine_pb2_grpc
     from pyswarm.worker.engine.core import Engine
     from pyswarm.worker.engine.service import EngineServicer, ExitWatcher

@@ -6,6 +6,7 @@ import secrets
 from typing import TypeVar
 
 from google.protobuf.message import Message
+
 from pyswarm.manager.store.model import now_rfc3339
 from pyswarm.proto import objects_pb2 as opb
 

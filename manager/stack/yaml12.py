@@ -20,13 +20,14 @@ import re
 from typing import Any
 
 import yaml
-from pyswarm.manager.stack.diagnostics import Mark, Report
 from yaml.composer import Composer
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.parser import Parser
 from yaml.reader import Reader
 from yaml.resolver import BaseResolver, Resolver
 from yaml.scanner import Scanner
+
+from pyswarm.manager.stack.diagnostics import Mark, Report
 
 MAX_VALUES = 200_000  # values after alias expansion; far beyond any real stack
 

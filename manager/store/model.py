@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from google.protobuf.message import Message
+
 from pyswarm.proto.objects_pb2 import Config, Network, Node, Secret, Service, Task
 
 KINDS: dict[str, type[Message]] = {

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TypeVar
 
 from google.protobuf.message import Message
+
 from pyswarm.common.errors import InvalidArgument
 
 from .backends.base import Backend, ChangeBatch, Op

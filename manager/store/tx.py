@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
+
 from pyswarm.common.errors import Conflict, InvalidArgument, NotFound
 
 from .errors import VersionConflict

@@ -402,3 +402,34 @@ def test_a_dead_node_s_tasks_are_replaced_and_its_stale_ones_stop(cluster: Daemo
     live = [t for t in tasks(cluster, "fo_app") if t["desired_state"] == "running"]
     assert len(live) == 4 and sum(by_node(cluster, "fo_app").values()) == 4
     cluster.cli("stack", "rm", "fo")
+
+
+def test_service_logs_and_prune(cluster: Daemon, tmp_path: Path) -> None:
+    stack = write_stack(tmp_path / "logs", """
+services:
+  talker:
+    image: busybox
+    hostname: "{{.Task.Name}}"
+    command: ["sh", "-c", "echo said by $$(hostname); sleep 100000"]
+    deploy:
+      replicas: 2
+  extra:
+    image: busybox
+    command: ["sleep", "100000"]
+""")
+    cluster.cli("deploy", "-c", str(stack), "--name", "lg", "--timeout", "60")
+
+    def both_spoke() -> list[str] | None:
+        lines = cluster.cli("service", "logs", "lg_talker").stdout.splitlines()
+        return lines if len([x for x in lines if "said by lg_talker." in x]) == 2 else None
+
+    lines = wait_for("a line from each task", both_spoke)
+    assert {x.split("|", 1)[0].split("@")[0].strip() for x in lines} == {
+        "lg_talker.1", "lg_talker.2"}
+    # Deploying without `extra` and with --prune removes it; without --prune keeps it.
+    stack.write_text(stack.read_text().split("  extra:")[0])
+    cluster.cli("deploy", "-c", str(stack), "--name", "lg", "--timeout", "60")
+    assert "lg_extra" in services(cluster)
+    cluster.cli("deploy", "-c", str(stack), "--name", "lg", "--prune", "--timeout", "60")
+    assert "lg_extra" not in services(cluster)
+    cluster.cli("stack", "rm", "lg")

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
 from pyswarm.worker.images.build import StepResult, build
 from pyswarm.worker.images.store import ImageStore
 from pyswarm.worker.runtime.spec import ProcessSpec

@@ -9,9 +9,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
 from pyswarm.worker.images.layers import OPAQUE_XATTR, pack_dir
 from pyswarm.worker.images.store import ImageStore
-
 from tests.unit.test_images_helpers import Entry, layer_tar, save_archive
 
 pytestmark = pytest.mark.root

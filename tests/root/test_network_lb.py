@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from pyswarm.common.errors import Conflict
 from pyswarm.common.paths import EngineConfig
 from pyswarm.worker.network.lb import Backend, ServiceLB, ServicePort

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from pyswarm.common.errors import Conflict
 from pyswarm.common.paths import EngineConfig
 from pyswarm.worker.network.node import Attachment, NodeNetwork

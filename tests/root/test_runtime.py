@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from pyswarm.common.errors import RuntimeFailure
 from pyswarm.worker.runtime import syscalls as sc
 from pyswarm.worker.runtime.runtime import Runtime

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from pyswarm.worker.runtime.cgroups import V1Driver, detect
 from pyswarm.worker.runtime.spec import Resources
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from pyswarm.worker.runtime.cgroups import V1Driver, V2Driver, detect, shares_to_weight
 from pyswarm.worker.runtime.spec import Resources
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from pyswarm.cli import cluster
 from pyswarm.cli.main import main
 from pyswarm.proto import cluster_pb2, cluster_pb2_grpc, objects_pb2

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from pyswarm.common.errors import InvalidArgument
 from pyswarm.manager.scheduler.constraints import Constraint, matches, parse_constraint
-
 from tests.unit.cluster_builders import make_node
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
+
 from pyswarm.common.errors import InvalidArgument
 from pyswarm.worker.images import dockerfile as df
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+
 from pyswarm.common.errors import InvalidArgument, NotFound
 from pyswarm.worker.images.build import StepResult, build
 from pyswarm.worker.images.store import ImageStore

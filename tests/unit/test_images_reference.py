@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pyswarm.common.errors import InvalidArgument
 from pyswarm.worker.images.reference import looks_like_id, parse_reference
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
 from pyswarm.common.errors import InvalidArgument
 from pyswarm.worker.images.registry import RegistryClient, _insecure
 

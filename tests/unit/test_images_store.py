@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
+
 from pyswarm.common.errors import Conflict, CorruptData, NotFound
 from pyswarm.worker.images.layers import unpack_layer
 from pyswarm.worker.images.store import ImageStore

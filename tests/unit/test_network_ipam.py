@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from pyswarm.common.errors import Conflict, InvalidArgument
 from pyswarm.worker.network.ipam import IpamStore, IpPool, gateway_of
 

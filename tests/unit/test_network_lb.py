@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+
 from pyswarm.common.errors import Conflict, InvalidArgument
 from pyswarm.worker.network import lb
 from pyswarm.worker.network.lb import Backend, ServiceLB, ServicePort

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pyswarm.common.errors import InvalidArgument
 from pyswarm.worker.network.ports import PortBinding, parse_publish
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from pyswarm.manager.orchestrator.actions import CreateTask, RemoveTask, ShutdownTask
 from pyswarm.manager.orchestrator.reconcile import reconcile
-
 from tests.unit.cluster_builders import (
     NOW,
     S,

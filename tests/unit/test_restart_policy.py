@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pyswarm.manager.orchestrator.restart import DEFAULT_DELAY, restart_decision
 
+from pyswarm.manager.orchestrator.restart import DEFAULT_DELAY, restart_decision
 from tests.unit.cluster_builders import NOW, S, make_service, make_task
 
 COMPLETE, FAILED, REJECTED = S.TASK_STATE_COMPLETE, S.TASK_STATE_FAILED, S.TASK_STATE_REJECTED

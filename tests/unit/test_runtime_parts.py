@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from pyswarm.worker.runtime import state as st
 from pyswarm.worker.runtime.logs import JsonFileLog
 from pyswarm.worker.runtime.process import ExecError, build_env, look_path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pyswarm.manager.scheduler.filters import (
     ConstraintFilter,
     HostPortFilter,
@@ -11,7 +12,6 @@ from pyswarm.manager.scheduler.filters import (
     ResourceFilter,
 )
 from pyswarm.manager.scheduler.nodeinfo import NodeInfo, build_node_infos
-
 from tests.unit.cluster_builders import GB, NOW, S, make_node, make_service, make_task
 
 

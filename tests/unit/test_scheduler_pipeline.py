@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+
 from pyswarm.manager.scheduler.nodeinfo import build_node_infos
 from pyswarm.manager.scheduler.pipeline import schedule
-
 from tests.unit.cluster_builders import GB, NOW, S, make_node, make_service, make_task
 
 

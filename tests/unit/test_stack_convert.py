@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from pyswarm.manager.stack import StackInvalid, load_stack
 from pyswarm.proto import objects_pb2 as pb
 

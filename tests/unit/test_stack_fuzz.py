@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from pyswarm.common.errors import InvalidArgument
 from pyswarm.manager.stack import load_stack, render_config
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from pyswarm.manager.stack import load_stack
 from pyswarm.manager.stack.interpolate import InterpolationError, Interpolator
 

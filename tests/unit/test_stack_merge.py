@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from pyswarm.manager.stack import StackInvalid, load_stack, render_config
 
 from .test_stack_support import write

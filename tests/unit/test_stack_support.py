@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+
 from pyswarm.manager.stack import Stack, StackInvalid, load_stack
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+
 from pyswarm.manager.stack.diagnostics import Report
 from pyswarm.manager.stack.yaml12 import YMap, ZeroPaddedInt, dump_yaml, parse_yaml
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from pyswarm.common.errors import Conflict, InvalidArgument, NotFound
 from pyswarm.manager.store import (
     Backend,
@@ -31,7 +32,6 @@ from pyswarm.manager.store import (
     open_backend,
 )
 from pyswarm.proto.objects_pb2 import Node, Service, Task
-
 from tests.etcd_fixtures import MAX_TXN_OPS, etcd_server  # noqa: F401 - a fixture
 
 

@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+
 from pyswarm.common.errors import Conflict
 from pyswarm.manager.store import Commit, Event, Store, VersionConflict, WriteTx
-
 from tests.etcd_fixtures import MAX_TXN_OPS, EtcdServer, etcd_server  # noqa: F401 - a fixture
 from tests.unit.test_store_contract import copy, drain, run, service, task
 

@@ -1,4 +1,5 @@
 import pytest
+
 from pyswarm.common.errors import InvalidArgument
 from pyswarm.common.units import format_size, parse_cpus, parse_signal, parse_size
 

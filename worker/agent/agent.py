@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from pyswarm.proto import objects_pb2 as opb
@@ -40,7 +41,8 @@ def describe_node() -> opb.NodeDescription:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return opb.NodeDescription(
         # PYSWARM_NODE_NAME names nodes that share one machine (tests, the lab).
-        hostname=os.environ.get("PYSWARM_NODE_NAME") or socket.gethostname(), os="linux", architecture=platform.machine(),
+        hostname=os.environ.get("PYSWARM_NODE_NAME") or socket.gethostname(),
+        os="linux", architecture=platform.machine(),
         resources=opb.Resources(nano_cpus=(os.cpu_count() or 1) * 10**9, memory_bytes=memory),
         engine_version="pyswarm 0.1.0",
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
 from pyswarm.common.errors import RuntimeFailure
 from pyswarm.worker.network.netns import NetnsThread, is_netns
 

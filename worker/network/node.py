@@ -50,6 +50,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pyroute2 import IPRoute
+
 from pyswarm.common.errors import Conflict, InvalidArgument, RuntimeFailure
 from pyswarm.common.paths import EngineConfig
 from pyswarm.worker.network import firewall, links, netns, rules

@@ -1,0 +1,113 @@
+"""The dispatcher over a real (in-memory) store: sessions, heartbeats, task status."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from pyswarm.common.errors import NotFound
+from pyswarm.manager.config import ManagerConfig
+from pyswarm.manager.dispatcher.dispatcher import Dispatcher
+from pyswarm.manager.store import MemoryBackend, Store
+from pyswarm.proto import cluster_pb2 as cpb
+from pyswarm.proto import objects_pb2 as opb
+
+S = opb.TaskState
+FAST = ManagerConfig(heartbeat_period=0.05, heartbeat_misses=3, reconnect_grace=0.15)
+
+
+def task(id: str, node: str, state: int = S.TASK_STATE_ASSIGNED) -> opb.Task:
+    t = opb.Task(id=id, node_id=node, service_id="svc", desired_state=S.TASK_STATE_RUNNING)
+    t.status.state = state  # type: ignore[assignment]
+    return t
+
+
+def run(body: Any) -> None:
+    asyncio.run(asyncio.wait_for(body, 10))
+
+
+async def _setup() -> tuple[Store, Dispatcher]:
+    store = await Store.open(MemoryBackend())
+    await store.update(lambda tx: [tx.create(task("t1", "n1")), tx.create(task("t2", "n2")),
+                                   tx.create(task("t0", "n1", S.TASK_STATE_PENDING))])
+    dispatcher = Dispatcher(store, FAST, {"n1"})
+    await dispatcher.start()
+    return store, dispatcher
+
+
+def test_session_sends_the_complete_set_then_changes() -> None:
+    async def body() -> None:
+        store, d = await _setup()
+        stream = d.session(cpb.SessionRequest(node_id="n1", description=opb.NodeDescription(
+            hostname="one")))
+        first = await anext(stream)
+        assert first.assignments.type == cpb.Assignments.COMPLETE
+        assert [t.id for t in first.assignments.update] == ["t1"]  # not n2's, not pending
+        node = store.view().get("node", "n1")
+        assert node.status.state == opb.NODE_STATE_READY and node.role == opb.NODE_ROLE_MANAGER
+
+        def shut_down(tx: Any) -> None:
+            t = opb.Task()
+            t.CopyFrom(tx.get("task", "t1"))
+            t.desired_state = S.TASK_STATE_SHUTDOWN
+            tx.update(t)
+
+        await store.update(shut_down)
+        second = await anext(stream)
+        assert second.assignments.type == cpb.Assignments.INCREMENTAL
+        assert [(t.id, t.desired_state) for t in second.assignments.update] == [
+            ("t1", S.TASK_STATE_SHUTDOWN)]
+        await store.update(lambda tx: tx.delete("task", "t1"))
+        third = await anext(stream)
+        assert list(third.assignments.remove) == ["t1"]
+        await stream.aclose()
+        await d.stop()
+
+    run(body())
+
+
+def test_missed_heartbeats_mark_the_node_down() -> None:
+    async def body() -> None:
+        store, d = await _setup()
+        stream = d.session(cpb.SessionRequest(node_id="n2"))
+        first = await anext(stream)
+        for _ in range(4):
+            d.heartbeat(cpb.HeartbeatRequest(node_id="n2", session_id=first.session_id))
+            await asyncio.sleep(FAST.heartbeat_period)
+        assert store.view().get("node", "n2").status.state == opb.NODE_STATE_READY
+        await asyncio.sleep(FAST.down_after + 3 * FAST.heartbeat_period)
+        assert store.view().get("node", "n2").status.state == opb.NODE_STATE_DOWN
+        with pytest.raises(NotFound):
+            d.heartbeat(cpb.HeartbeatRequest(node_id="n2", session_id=first.session_id))
+        await d.stop()
+
+    run(body())
+
+
+def test_status_updates_move_forward_only_and_only_for_the_nodes_own_tasks() -> None:
+    async def body() -> None:
+        store, d = await _setup()
+        stream = d.session(cpb.SessionRequest(node_id="n1"))
+        first = await anext(stream)
+
+        def update(task_id: str, state: int) -> cpb.TaskStatusUpdate:
+            return cpb.TaskStatusUpdate(task_id=task_id, status=opb.TaskStatus(state=state))
+
+        answer = await d.update_task_status(cpb.UpdateTaskStatusRequest(
+            node_id="n1", session_id=first.session_id,
+            updates=[update("t1", S.TASK_STATE_RUNNING), update("t2", S.TASK_STATE_RUNNING)]))
+        assert list(answer.refused) == ["t2"]  # n2's task
+        assert store.view().get("task", "t1").status.state == S.TASK_STATE_RUNNING
+        answer = await d.update_task_status(cpb.UpdateTaskStatusRequest(
+            node_id="n1", session_id=first.session_id,
+            updates=[update("t1", S.TASK_STATE_STARTING)]))
+        assert list(answer.refused) == ["t1"]  # backwards
+        with pytest.raises(NotFound):
+            await d.update_task_status(cpb.UpdateTaskStatusRequest(
+                node_id="n1", session_id="stale", updates=[]))
+        await stream.aclose()
+        await d.stop()
+
+    run(body())
