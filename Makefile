@@ -48,7 +48,7 @@ test: setup
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy common worker cli
+	$(VENV)/bin/mypy common worker cli manager
 
 bench: setup
 	$(PY) bench/start_latency.py

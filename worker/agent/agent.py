@@ -158,7 +158,7 @@ class Agent:
         except Exception as exc:  # noqa: BLE001
             print(f"pyswarm agent: task {task_id} controller crashed: {exc!r}", flush=True)
         finally:
-            if self.controllers.get(task_id) is controller and controller.removed:
+            if controller.removed and self.controllers.get(task_id) is controller:
                 del self.controllers[task_id]
                 self._runs.pop(task_id, None)
                 self._changed()

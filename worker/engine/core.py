@@ -14,6 +14,7 @@ Policy:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import copy
 import os
@@ -398,7 +399,7 @@ class Engine:
         shutil.rmtree(bundle, ignore_errors=True)
         return record.id
 
-    def volume_users(self, name: str) -> list[str]:
+    def volume_users(self, name: str) -> builtins.list[str]:
         with self._lock:
             return [
                 r.id for r in self._records.values()

@@ -7,6 +7,7 @@ source: a fresh volume with a random name, removed with the container by ``rm -v
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 import secrets
@@ -107,7 +108,7 @@ class VolumeStore:
             found.append(self.get(meta.parent.name))
         return found
 
-    def remove(self, name: str, users: list[str], force: bool = False) -> None:
+    def remove(self, name: str, users: builtins.list[str], force: bool = False) -> None:
         """Refuses while any container (running or not) uses it, as Docker does."""
         self.get(name)
         if users and not force:
