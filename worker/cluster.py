@@ -118,7 +118,14 @@ class ClusterHost:
     async def log_stream(self, task: opb.Task, follow: bool, tail: int) -> AsyncIterator[LogLine]:
         """A task's output, from this node's engine (tasks of other nodes: later)."""
         cid = task.status.container.container_id
-        if not cid or task.node_id != self.node_id():
+        if not cid:
+            return
+        if task.node_id != self.node_id():
+            # Relaying logs from other nodes (SwarmKit's log broker) is not built yet: say so
+            # rather than show a silently partial log.
+            yield LogLine("stderr", f"pyswarm: this task runs on node {task.node_id}; its "
+                          f"logs are kept there (not yet relayed to the manager)\n".encode(),
+                          "")
             return
         reader = LogReader(self.engine.bundle(cid))
         try:

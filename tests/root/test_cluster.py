@@ -413,6 +413,8 @@ services:
     command: ["sh", "-c", "echo said by $$(hostname); sleep 100000"]
     deploy:
       replicas: 2
+      placement:
+        constraints: ["node.role == manager"]  # logs are read on the task's node
   extra:
     image: busybox
     command: ["sleep", "100000"]
