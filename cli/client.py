@@ -30,8 +30,8 @@ def _not_running() -> CLIError:
     )
 
 
-def connect() -> Any:
-    """An EngineStub on the local daemon's socket."""
+def _channel() -> Any:
+    """A channel on the local daemon's socket, after checking it is there and ours to use."""
     sock = socket_path()
     if not sock.exists():
         raise _not_running()
@@ -39,10 +39,14 @@ def connect() -> Any:
         raise CLIError(f"permission denied on {sock}: the pyswarm socket is root-only; use sudo")
     import grpc
 
+    return grpc.insecure_channel(f"unix://{sock}")
+
+
+def connect() -> Any:
+    """An EngineStub on the local daemon's socket."""
     from pyswarm.proto import engine_pb2_grpc
 
-    channel = grpc.insecure_channel(f"unix://{sock}")
-    return engine_pb2_grpc.EngineStub(channel)
+    return engine_pb2_grpc.EngineStub(_channel())
 
 
 def explain(exc: Exception) -> CLIError:
@@ -59,13 +63,6 @@ def explain(exc: Exception) -> CLIError:
 
 def control() -> Any:
     """A ControlStub (the cluster API) on the same local socket as the engine."""
-    sock = socket_path()
-    if not sock.exists():
-        raise _not_running()
-    if not os.access(sock, os.R_OK | os.W_OK):
-        raise CLIError(f"permission denied on {sock}: the pyswarm socket is root-only; use sudo")
-    import grpc
-
     from pyswarm.proto import cluster_pb2_grpc
 
-    return cluster_pb2_grpc.ControlStub(grpc.insecure_channel(f"unix://{sock}"))
+    return cluster_pb2_grpc.ControlStub(_channel())

@@ -344,21 +344,15 @@ class EngineServicer(pb_grpc.EngineServicer):
                          context: Any) -> AsyncIterator[pb.Progress]:
         from pyswarm.worker.engine.build_runner import build
 
-        async for item in _with_progress(lambda progress: build(self.engine, request, progress)):
-            if isinstance(item, str):
-                yield pb.Progress(line=item)
-            else:
-                yield pb.Progress(image_id=item.id, refs=list(item.repo_tags))
+        async for message in _image_progress(
+                lambda progress: build(self.engine, request, progress)):
+            yield message
 
     @user_errors
     async def PullImage(self, request: pb.ImageRef, context: Any) -> AsyncIterator[pb.Progress]:
-        async for item in _with_progress(
-            lambda progress: self.engine.images.pull(request.ref, progress)
-        ):
-            if isinstance(item, str):
-                yield pb.Progress(line=item)
-            else:
-                yield pb.Progress(image_id=item.id, refs=list(item.repo_tags))
+        async for message in _image_progress(
+                lambda progress: self.engine.images.pull(request.ref, progress)):
+            yield message
 
     @user_errors
     async def PushImage(self, request: pb.ImageRef, context: Any) -> AsyncIterator[pb.Progress]:
@@ -407,6 +401,16 @@ async def _sleep_or(future: asyncio.Future[Any], seconds: float) -> bool:
     """Sleep up to ``seconds``; True if ``future`` finished meanwhile."""
     done, _ = await asyncio.wait({future}, timeout=seconds)
     return bool(done)
+
+
+async def _image_progress(work: Callable[[Callable[[str], None]], Any],
+                          ) -> AsyncIterator[pb.Progress]:
+    """Progress lines of work that ends with an image, then the image's id and tags."""
+    async for item in _with_progress(work):
+        if isinstance(item, str):
+            yield pb.Progress(line=item)
+        else:
+            yield pb.Progress(image_id=item.id, refs=list(item.repo_tags))
 
 
 async def _with_progress(work: Callable[[Callable[[str], None]], T]) -> AsyncIterator[str | T]:
