@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -92,14 +93,20 @@ class Daemon:
                 self.proc.wait()
 
 
+# Names and addresses unique to this test run: two runs on one machine (a developer's and
+# CI's, or two helpers') must not tear down each other's bridges and tables.
+RUN_TOKEN = secrets.randbelow(0x1000)
+
+
 def engine_env(base: Path, index: int = 0) -> dict[str, str]:
+    slot = (RUN_TOKEN * 16 + index) % 4096  # 16 engines per run, 256 runs' worth of /24s
     return dict(
         os.environ,
         PYSWARM_ROOT=str(base / "root"),
         PYSWARM_RUN=str(base / "run"),
-        PYSWARM_BRIDGE=f"pswt{index}",
-        PYSWARM_SUBNET=f"10.213.{240 + index}.0/24",
-        PYSWARM_NFT_TABLE=f"pyswarm_test{index}",
+        PYSWARM_BRIDGE=f"pswt{RUN_TOKEN:03x}{index:x}",
+        PYSWARM_SUBNET=f"10.{216 + slot // 256}.{slot % 256}.0/24",  # clear of 10.213/16, 10.214/16
+        PYSWARM_NFT_TABLE=f"pyswarm_t{RUN_TOKEN:03x}_{index}",
     )
 
 
