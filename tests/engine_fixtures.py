@@ -126,6 +126,13 @@ def cleanup(daemon: Daemon) -> None:
         if ids:
             daemon.cli("rm", "-f", *ids, check=False)
     daemon.stop()
+    # A cluster daemon's agent may have started a task between the listing and the stop:
+    # whatever still runs under this root is killed through its shim's state files.
+    from pyswarm.worker.runtime.runtime import Runtime
+
+    runtime = Runtime()
+    for bundle in sorted((daemon.root / "containers").glob("*/")):
+        runtime.delete(str(bundle))
     from pyswarm.common.paths import EngineConfig
     from pyswarm.worker.network.node import NodeNetwork
 
