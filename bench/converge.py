@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,15 +40,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def stack_with_replicas(folder: Path, replicas: int, image: str = "busybox") -> Path:
+def stack_with_replicas(folder: Path, replicas: int, image: str = "busybox",
+                        ports: bool = True) -> Path:
+    """The hello stack with N replicas. Without ports for the side-by-side runs: Docker's
+    ingress routing mesh needs IPVS, which this kernel lacks (its tasks then fail over and
+    over and never converge), so both sides run the same service unpublished."""
     text = STACK.read_text().replace("replicas: 3", f"replicas: {replicas}")
     text = text.replace("image: busybox", f"image: {image}")
-    path = folder / f"stack-{replicas}.yml"
+    if not ports:
+        text = text.replace('    ports:\n      - "${HELLO_PORT:-8080}:80"\n', "")
+    path = folder / f"stack-{replicas}-{'ports' if ports else 'noports'}-{image.count('/')}.yml"
     path.write_text(text)
     return path
 
 
-def wait_until(check: callable[[], bool], timeout: float, poll: float = 0.05) -> bool:  # type: ignore[valid-type]
+def wait_until(check: Callable[[], bool], timeout: float, poll: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -60,6 +67,7 @@ def wait_until(check: callable[[], bool], timeout: float, poll: float = 0.05) ->
 
 
 def bench_pyswarm(sizes: list[int], base: Path, timeout: float) -> dict[str, float]:
+    """Unpublished (the side-by-side figure) and published through the load balancer."""
     daemon = Daemon(base / "pyswarm", engine_env(base / "pyswarm", index=8))
     (base / "pyswarm").mkdir()
     figures: dict[str, float] = {}
@@ -67,8 +75,9 @@ def bench_pyswarm(sizes: list[int], base: Path, timeout: float) -> dict[str, flo
         daemon.start()
         build_base_image(daemon)
         daemon.cli("init")
-        for n in sizes:
-            stack = stack_with_replicas(base, n)
+        for n, ports in [(n, p) for n in sizes for p in (False, True)]:
+            stack = stack_with_replicas(base, n, ports=ports)
+            key = f"pyswarm_{n}_seconds" if not ports else f"pyswarm_{n}_published_seconds"
             env = {"HELLO_PORT": str(free_port())}
             start = time.perf_counter()
             daemon.cli("deploy", "-c", str(stack), "--name", "bench", "--detach",
@@ -81,7 +90,7 @@ def bench_pyswarm(sizes: list[int], base: Path, timeout: float) -> dict[str, flo
 
             ok = wait_until(converged, timeout)
             elapsed = time.perf_counter() - start
-            figures[f"pyswarm_{n}_seconds"] = round(elapsed, 2) if ok else float("nan")
+            figures[key] = round(elapsed, 2) if ok else float("nan")
             daemon.cli("stack", "rm", "bench")
             wait_until(lambda: not [c for c in daemon.json_lines("ps", "-a", "--format", "json")
                                     if c["name"].startswith("bench_web.")], timeout)
@@ -108,8 +117,10 @@ def bench_docker(sizes: list[int], base: Path, layer_dirs: list[str],
     sock = root / "docker.sock"
     env = dict(os.environ, DOCKER_HOST=f"unix://{sock}")
     procs: list[subprocess.Popen[bytes]] = []
-    policy = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True,
-                            text=True).stdout
+    # dockerd rewrites iptables (FORWARD policy DROP, its chains) and leaves its rules and
+    # bridges behind: save what was there and put it back afterwards.
+    saved_rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    links_before = set(os.listdir("/sys/class/net"))
     try:
         log = open(root / "containerd.log", "wb")  # noqa: SIM115
         procs.append(subprocess.Popen(
@@ -128,16 +139,29 @@ def bench_docker(sizes: list[int], base: Path, layer_dirs: list[str],
         subprocess.run(["docker", "swarm", "init", "--advertise-addr", eth0_address()],
                        env=env, check=True, capture_output=True)
         tar = root / "busybox.tar"
-        subprocess.run(["tar", "-C", layer_dirs[-1], "-cf", str(tar), "."], check=True)
-        subprocess.run(["docker", "import", str(tar), "pyswarm-bench/busybox:latest"],
+        rootfs = root / "rootfs"  # the image's layers merged (busybox:latest has no whiteouts)
+        rootfs.mkdir()
+        for layer in layer_dirs:
+            subprocess.run(["cp", "-a", f"{layer}/.", str(rootfs)], check=True)
+        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tar), "."], check=True)
+        subprocess.run(["docker", "import", "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:"
+                        "/usr/sbin:/usr/bin:/sbin:/bin", str(tar), "pyswarm-bench/busybox:latest"],
                        env=env, check=True, capture_output=True)
         figures: dict[str, float] = {}
         for n in sizes:
-            stack = stack_with_replicas(base, n, image="pyswarm-bench/busybox:latest")
+            stack = stack_with_replicas(base, n, image="pyswarm-bench/busybox:latest",
+                                        ports=False)
             start = time.perf_counter()
-            subprocess.run(["docker", "stack", "deploy", "-c", str(stack), "bench"],
-                           env=dict(env, HELLO_PORT=str(free_port())), check=True,
-                           capture_output=True)
+            for _attempt in range(20):  # the last stack's network may still be going away
+                deploy = subprocess.run(
+                    ["docker", "stack", "deploy", "-c", str(stack), "bench"],
+                                        env=dict(env, HELLO_PORT=str(free_port())),
+                                        capture_output=True, text=True)
+                if deploy.returncode == 0:
+                    break
+                time.sleep(0.5)
+            else:
+                return f"skipped: docker stack deploy failed: {deploy.stderr.strip()}"
 
             def converged(n: int = n) -> bool:
                 out = subprocess.run(["docker", "service", "ls", "--format",
@@ -148,27 +172,42 @@ def bench_docker(sizes: list[int], base: Path, layer_dirs: list[str],
             ok = wait_until(converged, timeout, 0.25)
             figures[f"docker_{n}_seconds"] = round(time.perf_counter() - start, 2) \
                 if ok else float("nan")
+            if not ok:
+                figures[f"docker_{n}_note"] = f"not converged after {timeout:.0f} s"  # type: ignore[assignment]
             subprocess.run(["docker", "stack", "rm", "bench"], env=env, capture_output=True)
-            wait_until(lambda: not subprocess.run(["docker", "ps", "-q"], env=env,
-                                                  capture_output=True, text=True).stdout,
-                       timeout, 0.5)
+            wait_until(lambda: not subprocess.run(["docker", "ps", "-aq"], env=env,
+                                                  capture_output=True, text=True).stdout
+                       and "bench_default" not in subprocess.run(
+                           ["docker", "network", "ls"], env=env, capture_output=True,
+                           text=True).stdout, timeout, 0.5)
         return figures
     finally:
+        subprocess.run(["docker", "stack", "rm", "bench"], env=env, capture_output=True)
+        subprocess.run(["docker", "swarm", "leave", "--force"], env=env, capture_output=True)
+        ids = subprocess.run(["docker", "ps", "-aq"], env=env, capture_output=True,
+                             text=True).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], env=env, capture_output=True)
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        if "-P FORWARD ACCEPT" in policy:  # dockerd set it to DROP: put it back
-            subprocess.run(["iptables", "-P", "FORWARD", "ACCEPT"], capture_output=True)
+        subprocess.run(["iptables-restore"], input=saved_rules, text=True, capture_output=True)
+        for link in set(os.listdir("/sys/class/net")) - links_before:  # docker0, gwbridge...
+            subprocess.run(["ip", "link", "delete", link], capture_output=True)
+        for mount in reversed(Path("/proc/self/mounts").read_text().splitlines()):
+            target = mount.split()[1]
+            if target.startswith(str(root)):
+                subprocess.run(["umount", "-l", target], capture_output=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,100", help="replica counts (default 10,100)")
-    parser.add_argument("--timeout", type=float, default=600, help="per deploy, seconds")
+    parser.add_argument("--timeout", type=float, default=300, help="per deploy, seconds")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     opts = parser.parse_args()
     if os.geteuid() != 0:

@@ -27,6 +27,7 @@ from pyswarm.common.paths import EngineConfig
 from pyswarm.worker.network.lb import Backend, ServiceLB, ServicePort
 from pyswarm.worker.network.node import Attachment, NodeNetwork
 from pyswarm.worker.network.ports import parse_publish
+from tests.netns_fixtures import client_namespace, sh
 
 pytestmark = pytest.mark.root
 
@@ -39,10 +40,6 @@ PORT = 18180
 WEB = [ServicePort("tcp", PORT, 80)]
 UPORT = 18190
 UWEB = [ServicePort("tcp", UPORT, 80)]
-
-
-def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, check=check, timeout=10)
 
 
 @pytest.fixture
@@ -61,21 +58,8 @@ def net(tmp_path: Path) -> Iterator[NodeNetwork]:
 @pytest.fixture
 def client() -> Iterator[str]:
     """A namespace wired to the host by a veth pair; yields its netns path."""
-    sh("ip", "netns", "del", CLIENT_NS, check=False)
-    sh("ip", "link", "del", CLIENT_VETH, check=False)
-    try:
-        sh("ip", "netns", "add", CLIENT_NS)
-        sh("ip", "link", "add", CLIENT_VETH, "type", "veth", "peer", "name", "eth0",
-           "netns", CLIENT_NS)
-        sh("ip", "addr", "add", f"{HOST_SIDE}/30", "dev", CLIENT_VETH)
-        sh("ip", "link", "set", CLIENT_VETH, "up")
-        for cmd in (["addr", "add", f"{CLIENT_SIDE}/30", "dev", "eth0"],
-                    ["link", "set", "eth0", "up"], ["link", "set", "lo", "up"]):
-            sh("ip", "-n", CLIENT_NS, *cmd)
-        yield f"/run/netns/{CLIENT_NS}"
-    finally:
-        sh("ip", "link", "del", CLIENT_VETH, check=False)
-        sh("ip", "netns", "del", CLIENT_NS, check=False)
+    with client_namespace(CLIENT_NS, CLIENT_VETH, HOST_SIDE, CLIENT_SIDE) as path:
+        yield path
 
 
 class Procs:
