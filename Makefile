@@ -52,3 +52,4 @@ lint: venv
 
 bench: setup
 	$(PY) bench/start_latency.py
+	$(PY) bench/converge.py
