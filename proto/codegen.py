@@ -37,6 +37,9 @@ def generate(out: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
+    for proto in protos:  # messages only: no stub module to generate
+        if "\nservice " not in proto.read_text():
+            (out / f"{proto.stem}_pb2_grpc.py").unlink(missing_ok=True)
     written = sorted(p for p in out.iterdir() if p.suffix in (".py", ".pyi"))
     for path in written:
         path.write_text(_IMPORT.sub(r"from . import \1 as \2", path.read_text()))

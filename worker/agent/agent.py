@@ -70,6 +70,7 @@ class Agent:
         self.before_report = before_report
         self.connected = asyncio.Event()
         self._period = 1.0
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     # ---- session -------------------------------------------------------------------------
 
@@ -174,7 +175,10 @@ class Agent:
         for record in self.engine.list(all=True):
             task_id = record.labels.get(TASK_LABEL)
             if task_id and task_id not in wanted and task_id not in self.controllers:
-                asyncio.create_task(self._remove_container(record))
+                # Keep a reference: the loop holds tasks only weakly.
+                cleanup = asyncio.create_task(self._remove_container(record))
+                self._cleanups.add(cleanup)
+                cleanup.add_done_callback(self._cleanups.discard)
 
     async def _remove_container(self, record: ContainerRecord) -> None:
         with contextlib.suppress(Exception):
