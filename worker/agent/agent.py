@@ -68,7 +68,6 @@ class Agent:
         self._stub: Any = None
         self.on_tasks_changed = on_tasks_changed
         self.before_report = before_report
-        self.connected = asyncio.Event()
         self._period = 1.0
         self._cleanups: set[asyncio.Task[None]] = set()
 
@@ -91,7 +90,6 @@ class Agent:
             except Exception as exc:  # noqa: BLE001 - a bug must not end the agent
                 print(f"pyswarm agent: session error: {exc!r}", flush=True)
             finally:
-                self.connected.clear()
                 self._stub = None
                 await channel.close()
             await asyncio.sleep(backoff)
@@ -110,7 +108,6 @@ class Agent:
                         h.cancel()
                     helpers = [asyncio.create_task(self._heartbeats(stub)),
                                asyncio.create_task(self._reporter(stub))]
-                    self.connected.set()
                     self._outbox_ready.set()  # resend what changed while disconnected
                 self._period = message.heartbeat_period_ms / 1000 or 1.0
                 self._apply(message.assignments)

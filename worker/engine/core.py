@@ -23,7 +23,6 @@ import secrets
 import shutil
 import signal
 import threading
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -360,10 +359,10 @@ class Engine:
         record.oom_killed = state.oom_killed
         record.finished_at = state.finished_at or now()
         record.error = state.error
-        self.runtime.delete(str(bundle))
         if record.auto_remove:
-            self.remove(cid, force=True, volumes=True)
+            self.remove(cid, force=True, volumes=True)  # releases cgroup and network too
             return None
+        self.runtime.delete(str(bundle))
         if record.network == "bridge":
             self.network.detach(cid)
         self._save(record)
@@ -441,14 +440,6 @@ class Engine:
             cwd=start.workdir or record.workdir,
             user=start.user or record.user,
         )
-
-    def iter_records(self) -> Iterator[ContainerRecord]:
-        with self._lock:
-            yield from list(self._records.values())
-
-
-ProgressFn = Callable[[str], None]
-
 
 def apply_changes(config: dict[str, Any], changes: list[str]) -> dict[str, Any]:
     """``commit -c``: Dockerfile instructions that change only the config (CMD, ENV, ...)
