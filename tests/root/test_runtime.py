@@ -362,6 +362,19 @@ def test_json_file_logs(ct: Containers) -> None:
     assert all(rec["time"].endswith("Z") and len(rec["time"]) == 30 for rec in lines)
 
 
+def test_the_log_exists_when_create_returns(ct: Containers) -> None:
+    # `run --rm` opens the log right after create; the container may be finished and its
+    # bundle removed before the reader's next poll, so the file must be there already.
+    spec = ct.spec("sh", "-c", "sleep 0.2; echo late")
+    ct.rt.create(spec)
+    path = Path(spec.bundle_dir) / "container.log"
+    assert path.exists()
+    with open(path, "rb") as early:
+        ct.wait(spec.bundle_dir)
+        path.unlink()  # what --rm does to the bundle
+        assert json.loads(early.read())["log"] == "late\n"
+
+
 def test_log_rotation(ct: Containers) -> None:
     code, _ = ct.run("sh", "-c", "for i in $(seq 100); do echo line $i; done",
                      log=LogConfig(max_size=500, max_files=3))

@@ -145,6 +145,9 @@ def run_container_shim(req: CreateRequest, reply: socket.socket, seccomp_bpf: by
     try:
         os.setsid()
         _detach_stdio()
+        # The log exists before create() returns: a reader opened then (run --rm) sees every
+        # line even when the container is finished and removed before its next poll.
+        log = JsonFileLog(os.path.join(bundle, LOG_FILE), spec.log.max_size, spec.log.max_files)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         error_r, error_w = os.pipe()
@@ -191,16 +194,15 @@ def run_container_shim(req: CreateRequest, reply: socket.socket, seccomp_bpf: by
         finally:
             _reply(reply, error=f"shim: {_describe(e)}")
             os._exit(1)
-    _supervise(spec, pid, cg, req.driver, out_r, err_r)
+    _supervise(spec, pid, cg, req.driver, log, out_r, err_r)
 
 
-def _supervise(spec: ContainerSpec, pid: int, cg: str, driver: CgroupDriver, out_r: int,
-               err_r: int) -> None:
+def _supervise(spec: ContainerSpec, pid: int, cg: str, driver: CgroupDriver, log: JsonFileLog,
+               out_r: int, err_r: int) -> None:
     """Copy the output into the log until both pipes close, then record the exit."""
     bundle = spec.bundle_dir
     error = ""
     try:
-        log = JsonFileLog(os.path.join(bundle, LOG_FILE), spec.log.max_size, spec.log.max_files)
         streams = {out_r: "stdout", err_r: "stderr"}
         poller = select.poll()
         for fd in streams:
