@@ -9,12 +9,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class InitRequest(_message.Message):
-    __slots__ = ("store_url", "advertise_addr")
+    __slots__ = ("store_url", "advertise_addr", "listen_addr")
     STORE_URL_FIELD_NUMBER: _ClassVar[int]
     ADVERTISE_ADDR_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_ADDR_FIELD_NUMBER: _ClassVar[int]
     store_url: str
     advertise_addr: str
-    def __init__(self, store_url: _Optional[str] = ..., advertise_addr: _Optional[str] = ...) -> None: ...
+    listen_addr: str
+    def __init__(self, store_url: _Optional[str] = ..., advertise_addr: _Optional[str] = ..., listen_addr: _Optional[str] = ...) -> None: ...
 
 class InitResponse(_message.Message):
     __slots__ = ("node_id", "cluster_id")
@@ -25,16 +27,40 @@ class InitResponse(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("addr",)
+    __slots__ = ("addr", "token", "advertise_addr", "listen_addr")
     ADDR_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ADVERTISE_ADDR_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_ADDR_FIELD_NUMBER: _ClassVar[int]
     addr: str
-    def __init__(self, addr: _Optional[str] = ...) -> None: ...
+    token: str
+    advertise_addr: str
+    listen_addr: str
+    def __init__(self, addr: _Optional[str] = ..., token: _Optional[str] = ..., advertise_addr: _Optional[str] = ..., listen_addr: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("node_id",)
+    __slots__ = ("node_id", "role")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+    role: str
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class JoinTokensRequest(_message.Message):
+    __slots__ = ("rotate",)
+    ROTATE_FIELD_NUMBER: _ClassVar[int]
+    rotate: str
+    def __init__(self, rotate: _Optional[str] = ...) -> None: ...
+
+class JoinTokensResponse(_message.Message):
+    __slots__ = ("worker", "manager", "manager_addr")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    MANAGER_FIELD_NUMBER: _ClassVar[int]
+    MANAGER_ADDR_FIELD_NUMBER: _ClassVar[int]
+    worker: str
+    manager: str
+    manager_addr: str
+    def __init__(self, worker: _Optional[str] = ..., manager: _Optional[str] = ..., manager_addr: _Optional[str] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
@@ -267,14 +293,78 @@ class Assignments(_message.Message):
     def __init__(self, type: _Optional[_Union[Assignments.Type, str]] = ..., update: _Optional[_Iterable[_Union[_objects_pb2.Task, _Mapping]]] = ..., remove: _Optional[_Iterable[str]] = ..., secrets: _Optional[_Iterable[_Union[_objects_pb2.Secret, _Mapping]]] = ..., configs: _Optional[_Iterable[_Union[_objects_pb2.Config, _Mapping]]] = ...) -> None: ...
 
 class SessionMessage(_message.Message):
-    __slots__ = ("session_id", "heartbeat_period_ms", "assignments")
+    __slots__ = ("session_id", "heartbeat_period_ms", "assignments", "network")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     heartbeat_period_ms: int
     assignments: Assignments
-    def __init__(self, session_id: _Optional[str] = ..., heartbeat_period_ms: _Optional[int] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ...) -> None: ...
+    network: NetworkState
+    def __init__(self, session_id: _Optional[str] = ..., heartbeat_period_ms: _Optional[int] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., network: _Optional[_Union[NetworkState, _Mapping]] = ...) -> None: ...
+
+class NetworkState(_message.Message):
+    __slots__ = ("version", "peers", "networks", "node_attachments", "endpoints")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    peers: _containers.RepeatedCompositeFieldContainer[Peer]
+    networks: _containers.RepeatedCompositeFieldContainer[_objects_pb2.Network]
+    node_attachments: _containers.RepeatedCompositeFieldContainer[_objects_pb2.NetworkAttachment]
+    endpoints: _containers.RepeatedCompositeFieldContainer[ServiceEndpoint]
+    def __init__(self, version: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., networks: _Optional[_Iterable[_Union[_objects_pb2.Network, _Mapping]]] = ..., node_attachments: _Optional[_Iterable[_Union[_objects_pb2.NetworkAttachment, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[ServiceEndpoint, _Mapping]]] = ...) -> None: ...
+
+class Peer(_message.Message):
+    __slots__ = ("node_id", "addr", "ready")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    addr: str
+    ready: bool
+    def __init__(self, node_id: _Optional[str] = ..., addr: _Optional[str] = ..., ready: _Optional[bool] = ...) -> None: ...
+
+class ServiceEndpoint(_message.Message):
+    __slots__ = ("service_id", "service_name", "aliases", "mode", "ports", "vips", "tasks")
+    SERVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    VIPS_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    service_id: str
+    service_name: str
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    mode: str
+    ports: _containers.RepeatedCompositeFieldContainer[_objects_pb2.PortConfig]
+    vips: _containers.RepeatedCompositeFieldContainer[VirtualIP]
+    tasks: _containers.RepeatedCompositeFieldContainer[EndpointTask]
+    def __init__(self, service_id: _Optional[str] = ..., service_name: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[_objects_pb2.PortConfig, _Mapping]]] = ..., vips: _Optional[_Iterable[_Union[VirtualIP, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[EndpointTask, _Mapping]]] = ...) -> None: ...
+
+class VirtualIP(_message.Message):
+    __slots__ = ("network_id", "addr")
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    addr: str
+    def __init__(self, network_id: _Optional[str] = ..., addr: _Optional[str] = ...) -> None: ...
+
+class EndpointTask(_message.Message):
+    __slots__ = ("task_id", "node_id", "name", "networks")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    node_id: str
+    name: str
+    networks: _containers.RepeatedCompositeFieldContainer[_objects_pb2.NetworkAttachment]
+    def __init__(self, task_id: _Optional[str] = ..., node_id: _Optional[str] = ..., name: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[_objects_pb2.NetworkAttachment, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("node_id", "session_id")

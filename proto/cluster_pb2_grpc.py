@@ -47,6 +47,11 @@ class ControlStub:
                 request_serializer=cluster__pb2.JoinRequest.SerializeToString,
                 response_deserializer=cluster__pb2.JoinResponse.FromString,
                 _registered_method=True)
+        self.JoinTokens = channel.unary_unary(
+                '/pyswarm.cluster.v1.Control/JoinTokens',
+                request_serializer=cluster__pb2.JoinTokensRequest.SerializeToString,
+                response_deserializer=cluster__pb2.JoinTokensResponse.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/pyswarm.cluster.v1.Control/Info',
                 request_serializer=cluster__pb2.InfoRequest.SerializeToString,
@@ -138,10 +143,17 @@ class ControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Join(self, request, context):
-        """Join makes this node a worker of the cluster whose manager serves at `addr`. Today
-        `addr` is the manager daemon's Unix socket on this machine ("unix:///run/..."): nodes
-        on one machine, as the tests and the lab run them. Remote joins over TCP with a token
-        and mutual TLS come with the multi-node work.
+        """Join makes this node a member of the cluster whose manager serves at `addr`
+        ("HOST[:2377]"): the daemon fetches the cluster's root CA, checks it against the digest
+        inside the token, gets a certificate for its node id and role from the manager's
+        NodeCA (ca.proto) with the token, and starts its agent over mutual TLS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JoinTokens(self, request, context):
+        """JoinTokens prints (and with `rotate`, first replaces) the cluster's join tokens.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,6 +269,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Join,
                     request_deserializer=cluster__pb2.JoinRequest.FromString,
                     response_serializer=cluster__pb2.JoinResponse.SerializeToString,
+            ),
+            'JoinTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinTokens,
+                    request_deserializer=cluster__pb2.JoinTokensRequest.FromString,
+                    response_serializer=cluster__pb2.JoinTokensResponse.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -390,6 +407,33 @@ class Control:
             '/pyswarm.cluster.v1.Control/Join',
             cluster__pb2.JoinRequest.SerializeToString,
             cluster__pb2.JoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pyswarm.cluster.v1.Control/JoinTokens',
+            cluster__pb2.JoinTokensRequest.SerializeToString,
+            cluster__pb2.JoinTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

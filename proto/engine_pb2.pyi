@@ -23,7 +23,7 @@ class VersionResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., api_version: _Optional[str] = ..., cgroup_driver: _Optional[str] = ..., root: _Optional[str] = ...) -> None: ...
 
 class CreateContainerRequest(_message.Message):
-    __slots__ = ("image", "name", "cmd", "entrypoint", "entrypoint_set", "env", "workdir", "user", "hostname", "publish", "volumes", "tmpfs", "memory_bytes", "cpus", "pids_limit", "network", "auto_remove", "labels", "log_max_size", "log_max_files", "cpu_shares", "stop_signal")
+    __slots__ = ("image", "name", "cmd", "entrypoint", "entrypoint_set", "env", "workdir", "user", "hostname", "publish", "volumes", "tmpfs", "memory_bytes", "cpus", "pids_limit", "network", "auto_remove", "labels", "log_max_size", "log_max_files", "cpu_shares", "stop_signal", "overlays", "dns", "extra_hosts")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,9 @@ class CreateContainerRequest(_message.Message):
     LOG_MAX_FILES_FIELD_NUMBER: _ClassVar[int]
     CPU_SHARES_FIELD_NUMBER: _ClassVar[int]
     STOP_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    OVERLAYS_FIELD_NUMBER: _ClassVar[int]
+    DNS_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_HOSTS_FIELD_NUMBER: _ClassVar[int]
     image: str
     name: str
     cmd: _containers.RepeatedScalarFieldContainer[str]
@@ -75,7 +78,18 @@ class CreateContainerRequest(_message.Message):
     log_max_files: int
     cpu_shares: int
     stop_signal: str
-    def __init__(self, image: _Optional[str] = ..., name: _Optional[str] = ..., cmd: _Optional[_Iterable[str]] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ..., hostname: _Optional[str] = ..., publish: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[str]] = ..., tmpfs: _Optional[_Iterable[str]] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., log_max_size: _Optional[int] = ..., log_max_files: _Optional[int] = ..., cpu_shares: _Optional[int] = ..., stop_signal: _Optional[str] = ...) -> None: ...
+    overlays: _containers.RepeatedCompositeFieldContainer[OverlayAttachment]
+    dns: _containers.RepeatedScalarFieldContainer[str]
+    extra_hosts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, image: _Optional[str] = ..., name: _Optional[str] = ..., cmd: _Optional[_Iterable[str]] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ..., hostname: _Optional[str] = ..., publish: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[str]] = ..., tmpfs: _Optional[_Iterable[str]] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., log_max_size: _Optional[int] = ..., log_max_files: _Optional[int] = ..., cpu_shares: _Optional[int] = ..., stop_signal: _Optional[str] = ..., overlays: _Optional[_Iterable[_Union[OverlayAttachment, _Mapping]]] = ..., dns: _Optional[_Iterable[str]] = ..., extra_hosts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class OverlayAttachment(_message.Message):
+    __slots__ = ("network_id", "address")
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    address: str
+    def __init__(self, network_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class PortBinding(_message.Message):
     __slots__ = ("host_ip", "host_port", "container_port", "proto")
@@ -102,7 +116,7 @@ class MountPoint(_message.Message):
     def __init__(self, type: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., read_only: _Optional[bool] = ...) -> None: ...
 
 class Container(_message.Message):
-    __slots__ = ("id", "name", "image", "image_id", "command", "created", "state", "pid", "exit_code", "oom_killed", "started_at", "finished_at", "ports", "ip_address", "network", "mounts", "hostname", "error", "labels", "memory_bytes", "cpus", "pids_limit", "env", "workdir", "user", "auto_remove")
+    __slots__ = ("id", "name", "image", "image_id", "command", "created", "state", "pid", "exit_code", "oom_killed", "started_at", "finished_at", "ports", "ip_address", "network", "mounts", "hostname", "error", "labels", "memory_bytes", "cpus", "pids_limit", "env", "workdir", "user", "auto_remove", "overlays")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +150,7 @@ class Container(_message.Message):
     WORKDIR_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     AUTO_REMOVE_FIELD_NUMBER: _ClassVar[int]
+    OVERLAYS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     image: str
@@ -162,7 +177,8 @@ class Container(_message.Message):
     workdir: str
     user: str
     auto_remove: bool
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., created: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[PortBinding, _Mapping]]] = ..., ip_address: _Optional[str] = ..., network: _Optional[str] = ..., mounts: _Optional[_Iterable[_Union[MountPoint, _Mapping]]] = ..., hostname: _Optional[str] = ..., error: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ..., auto_remove: _Optional[bool] = ...) -> None: ...
+    overlays: _containers.RepeatedCompositeFieldContainer[OverlayAttachment]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., created: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[PortBinding, _Mapping]]] = ..., ip_address: _Optional[str] = ..., network: _Optional[str] = ..., mounts: _Optional[_Iterable[_Union[MountPoint, _Mapping]]] = ..., hostname: _Optional[str] = ..., error: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., overlays: _Optional[_Iterable[_Union[OverlayAttachment, _Mapping]]] = ...) -> None: ...
 
 class ContainerRef(_message.Message):
     __slots__ = ("id",)

@@ -53,6 +53,7 @@ class Agent:
                  channel_factory: Callable[[], grpc.aio.Channel], addr: str = "",
                  on_tasks_changed: Callable[[dict[str, TaskController]], None] | None = None,
                  before_report: Callable[[], Awaitable[None]] | None = None,
+                 on_network_state: Callable[[cpb.NetworkState], None] | None = None,
                  ) -> None:
         self.engine = engine
         self.watcher = watcher
@@ -68,6 +69,8 @@ class Agent:
         self._stub: Any = None
         self.on_tasks_changed = on_tasks_changed
         self.before_report = before_report
+        self.on_network_state = on_network_state
+        self.network_state: cpb.NetworkState | None = None
         self._period = 1.0
         self._cleanups: set[asyncio.Task[None]] = set()
 
@@ -111,6 +114,10 @@ class Agent:
                     self._outbox_ready.set()  # resend what changed while disconnected
                 self._period = message.heartbeat_period_ms / 1000 or 1.0
                 self._apply(message.assignments)
+                if message.HasField("network"):
+                    self.network_state = message.network
+                    if self.on_network_state is not None:
+                        self.on_network_state(message.network)
         finally:
             for h in helpers:
                 h.cancel()
