@@ -18,6 +18,8 @@ DEFAULT_BRIDGE = "psw0"
 # Clear of Docker's 172.17.0.0/16 so both can run on one host.
 DEFAULT_SUBNET = "10.213.0.0/16"
 DEFAULT_NFT_TABLE = "pyswarm"
+# Containers' cgroups live under <hierarchy>/<cgroup parent>/<id>; lab nodes each take their own.
+DEFAULT_CGROUP_PARENT = "pyswarm"
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class EngineConfig:
     bridge: str = DEFAULT_BRIDGE
     subnet: str = DEFAULT_SUBNET
     nft_table: str = DEFAULT_NFT_TABLE
+    cgroup_parent: str = DEFAULT_CGROUP_PARENT
 
     @property
     def socket_path(self) -> Path:
@@ -61,4 +64,5 @@ class EngineConfig:
             bridge=e.get("PYSWARM_BRIDGE", DEFAULT_BRIDGE),
             subnet=e.get("PYSWARM_SUBNET", DEFAULT_SUBNET),
             nft_table=e.get("PYSWARM_NFT_TABLE", DEFAULT_NFT_TABLE),
+            cgroup_parent=e.get("PYSWARM_CGROUP_PARENT", DEFAULT_CGROUP_PARENT),
         )

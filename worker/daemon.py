@@ -188,7 +188,7 @@ def main(argv: list[str]) -> int:
         "Needs root. Containers keep running when the daemon stops or restarts.",
         epilog="environment: PYSWARM_ROOT (state folder, default /var/lib/pyswarm), "
         "PYSWARM_RUN (socket folder, default /run/pyswarm), PYSWARM_BRIDGE, PYSWARM_SUBNET, "
-        "PYSWARM_NFT_TABLE",
+        "PYSWARM_NFT_TABLE, PYSWARM_CGROUP_PARENT",
     )
     parser.add_argument("-d", "--detach", action="store_true",
                         help="run in the background; the log goes to <root>/daemon.log")

@@ -227,6 +227,7 @@ class Engine:
             netns_path=netns_path,
             log=log,
             stop_signal=int(stop_signal),
+            cgroup_parent=self.cfg.cgroup_parent,
         )
         return record, spec
 
