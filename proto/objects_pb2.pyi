@@ -162,7 +162,7 @@ class ManagerStatus(_message.Message):
     def __init__(self, leader: _Optional[bool] = ..., reachability: _Optional[str] = ..., addr: _Optional[str] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("id", "meta", "spec", "description", "status", "role", "manager_status")
+    __slots__ = ("id", "meta", "spec", "description", "status", "role", "manager_status", "attachments")
     ID_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,7 @@ class Node(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MANAGER_STATUS_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     meta: Meta
     spec: NodeSpec
@@ -177,7 +178,8 @@ class Node(_message.Message):
     status: NodeStatus
     role: NodeRole
     manager_status: ManagerStatus
-    def __init__(self, id: _Optional[str] = ..., meta: _Optional[_Union[Meta, _Mapping]] = ..., spec: _Optional[_Union[NodeSpec, _Mapping]] = ..., description: _Optional[_Union[NodeDescription, _Mapping]] = ..., status: _Optional[_Union[NodeStatus, _Mapping]] = ..., role: _Optional[_Union[NodeRole, str]] = ..., manager_status: _Optional[_Union[ManagerStatus, _Mapping]] = ...) -> None: ...
+    attachments: _containers.RepeatedCompositeFieldContainer[NetworkAttachment]
+    def __init__(self, id: _Optional[str] = ..., meta: _Optional[_Union[Meta, _Mapping]] = ..., spec: _Optional[_Union[NodeSpec, _Mapping]] = ..., description: _Optional[_Union[NodeDescription, _Mapping]] = ..., status: _Optional[_Union[NodeStatus, _Mapping]] = ..., role: _Optional[_Union[NodeRole, str]] = ..., manager_status: _Optional[_Union[ManagerStatus, _Mapping]] = ..., attachments: _Optional[_Iterable[_Union[NetworkAttachment, _Mapping]]] = ...) -> None: ...
 
 class Mount(_message.Message):
     __slots__ = ("type", "source", "target", "read_only", "tmpfs_size_bytes")
@@ -406,15 +408,25 @@ class ServiceSpec(_message.Message):
     task_history_limit: int
     def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., task: _Optional[_Union[TaskSpec, _Mapping]] = ..., replicated: _Optional[_Union[ReplicatedService, _Mapping]] = ..., update: _Optional[_Union[UpdateConfig, _Mapping]] = ..., rollback: _Optional[_Union[UpdateConfig, _Mapping]] = ..., endpoint: _Optional[_Union[EndpointSpec, _Mapping]] = ..., depends_on: _Optional[_Iterable[str]] = ..., task_history_limit: _Optional[int] = ..., **kwargs) -> None: ...
 
+class EndpointVirtualIP(_message.Message):
+    __slots__ = ("network_id", "addr")
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    addr: str
+    def __init__(self, network_id: _Optional[str] = ..., addr: _Optional[str] = ...) -> None: ...
+
 class Endpoint(_message.Message):
-    __slots__ = ("spec", "ports", "virtual_ip")
+    __slots__ = ("spec", "ports", "virtual_ip", "virtual_ips")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
     VIRTUAL_IP_FIELD_NUMBER: _ClassVar[int]
+    VIRTUAL_IPS_FIELD_NUMBER: _ClassVar[int]
     spec: EndpointSpec
     ports: _containers.RepeatedCompositeFieldContainer[PortConfig]
     virtual_ip: str
-    def __init__(self, spec: _Optional[_Union[EndpointSpec, _Mapping]] = ..., ports: _Optional[_Iterable[_Union[PortConfig, _Mapping]]] = ..., virtual_ip: _Optional[str] = ...) -> None: ...
+    virtual_ips: _containers.RepeatedCompositeFieldContainer[EndpointVirtualIP]
+    def __init__(self, spec: _Optional[_Union[EndpointSpec, _Mapping]] = ..., ports: _Optional[_Iterable[_Union[PortConfig, _Mapping]]] = ..., virtual_ip: _Optional[str] = ..., virtual_ips: _Optional[_Iterable[_Union[EndpointVirtualIP, _Mapping]]] = ...) -> None: ...
 
 class Service(_message.Message):
     __slots__ = ("id", "meta", "spec", "previous_spec", "endpoint")
