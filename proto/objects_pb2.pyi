@@ -594,3 +594,41 @@ class Config(_message.Message):
     meta: Meta
     spec: ConfigSpec
     def __init__(self, id: _Optional[str] = ..., meta: _Optional[_Union[Meta, _Mapping]] = ..., spec: _Optional[_Union[ConfigSpec, _Mapping]] = ...) -> None: ...
+
+class ClusterSpec(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RootCA(_message.Message):
+    __slots__ = ("ca_cert", "ca_key", "ca_cert_digest")
+    CA_CERT_FIELD_NUMBER: _ClassVar[int]
+    CA_KEY_FIELD_NUMBER: _ClassVar[int]
+    CA_CERT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ca_cert: bytes
+    ca_key: bytes
+    ca_cert_digest: str
+    def __init__(self, ca_cert: _Optional[bytes] = ..., ca_key: _Optional[bytes] = ..., ca_cert_digest: _Optional[str] = ...) -> None: ...
+
+class JoinTokens(_message.Message):
+    __slots__ = ("worker", "manager")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    MANAGER_FIELD_NUMBER: _ClassVar[int]
+    worker: str
+    manager: str
+    def __init__(self, worker: _Optional[str] = ..., manager: _Optional[str] = ...) -> None: ...
+
+class Cluster(_message.Message):
+    __slots__ = ("id", "meta", "spec", "root_ca", "join_tokens")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    ROOT_CA_FIELD_NUMBER: _ClassVar[int]
+    JOIN_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    meta: Meta
+    spec: ClusterSpec
+    root_ca: RootCA
+    join_tokens: JoinTokens
+    def __init__(self, id: _Optional[str] = ..., meta: _Optional[_Union[Meta, _Mapping]] = ..., spec: _Optional[_Union[ClusterSpec, _Mapping]] = ..., root_ca: _Optional[_Union[RootCA, _Mapping]] = ..., join_tokens: _Optional[_Union[JoinTokens, _Mapping]] = ...) -> None: ...

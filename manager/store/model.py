@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from google.protobuf.message import Message
 
-from pyswarm.proto.objects_pb2 import Config, Network, Node, Secret, Service, Task
+from pyswarm.proto.objects_pb2 import Cluster, Config, Network, Node, Secret, Service, Task
 
 KINDS: dict[str, type[Message]] = {
     "node": Node,
@@ -19,6 +19,8 @@ KINDS: dict[str, type[Message]] = {
     "network": Network,
     "secret": Secret,
     "config": Config,
+    # One object: the root CA and join tokens every manager admits nodes with.
+    "cluster": Cluster,
 }
 _KIND_OF_TYPE: dict[type[Message], str] = {cls: kind for kind, cls in KINDS.items()}
 

@@ -31,7 +31,7 @@ from pyswarm.manager.store import (
     WriteTx,
     open_backend,
 )
-from pyswarm.proto.objects_pb2 import Node, Service, Task
+from pyswarm.proto.objects_pb2 import Cluster, Node, Service, Task
 from tests.etcd_fixtures import MAX_TXN_OPS, etcd_server  # noqa: F401 - a fixture
 
 
@@ -128,6 +128,26 @@ def test_create_get_update_delete(place: Place) -> None:
         assert store.view().get("service", "s1") is None
         with pytest.raises(NotFound):
             await store.update(lambda tx: tx.delete("service", "s1"))
+        await store.close()
+
+    run(body())
+
+
+def test_the_cluster_object_round_trips_and_is_found_by_name(place: Place) -> None:
+    """The cluster kind (root CA, join tokens) is kept and shared like every other kind."""
+
+    async def body() -> None:
+        store = await Store.open(place.backend())
+        cluster = Cluster(id="c1")
+        cluster.spec.name = "default"
+        cluster.root_ca.ca_cert = b"-----BEGIN CERTIFICATE-----"
+        cluster.join_tokens.worker = "PSWMTKN-1-w"
+        await store.update(lambda tx: tx.create(cluster))
+        other = await Store.open(place.backend())
+        (found,) = other.view().find("cluster", name="default")
+        assert isinstance(found, Cluster) and found.join_tokens.worker == "PSWMTKN-1-w"
+        assert found.root_ca.ca_cert == cluster.root_ca.ca_cert
+        await other.close()
         await store.close()
 
     run(body())
