@@ -24,7 +24,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pyswarm.cli import cluster, containers, images
+    from pyswarm.cli import cluster, containers, images, lab
 
     parser = Parser(
         prog="pyswarm",
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     containers.register(sub)
     images.register(sub)
     cluster.register(sub)
+    lab.register(sub)
     version = sub.add_parser("version", help="show the CLI's and the daemon's versions")
     version.add_argument("--format", choices=["table", "json"], default="table")
     version.set_defaults(func=cmd_version)

@@ -1,0 +1,87 @@
+"""Forming the lab's cluster with the same commands a user types on real machines.
+
+node1 runs ``pyswarm init --advertise-addr A1 --listen-addr A1:2377``; its join tokens come
+from ``pyswarm join-token -q worker|manager``; every other node runs ``pyswarm join --token
+T --advertise-addr AK A1:2377``, all over the lab network, inside each node.
+
+Until this installation's CLI has token joins (it says so in ``join --help``), nodes join
+through the manager's Unix socket instead, which works on one machine but does not go over
+the lab network (a partition then cuts nothing between manager and workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+
+from . import nodes
+from .layout import NodeLayout
+
+MANAGER_PORT = 2377
+
+
+class JoinError(RuntimeError):
+    pass
+
+
+def token_joins() -> bool:
+    """Whether this CLI has ``join --token`` and ``join-token`` (the secure network join)."""
+    from pyswarm.cli.main import build_parser
+
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            join = action.choices.get("join")
+            return "join-token" in action.choices and join is not None and any(
+                "--token" in a.option_strings for a in join._actions)
+    return False
+
+
+def _pyswarm(node: NodeLayout, *args: str) -> str:
+    out = nodes.pyswarm(node, *args)
+    if out.returncode != 0:
+        raise JoinError(f"{node.name}: pyswarm {' '.join(args)} failed: "
+                        f"{(out.stderr or out.stdout).strip()}")
+    return out.stdout
+
+
+def init(manager: NodeLayout, secure: bool) -> None:
+    args = ["init", "--advertise-addr", manager.address]
+    if secure:
+        args += ["--listen-addr", f"{manager.address}:{MANAGER_PORT}"]
+    _pyswarm(manager, *args)
+
+
+def join_token(manager: NodeLayout, role: str) -> str:
+    return _pyswarm(manager, "join-token", "-q", role).strip()
+
+
+def join(node: NodeLayout, manager: NodeLayout, token: str) -> None:
+    if token:
+        _pyswarm(node, "join", "--token", token, "--advertise-addr", node.address,
+                 f"{manager.address}:{MANAGER_PORT}")
+    else:
+        _pyswarm(node, "join", str(manager.socket))
+
+
+def node_list(manager: NodeLayout) -> list[dict[str, object]]:
+    out = nodes.pyswarm(manager, "node", "ls", "--format", "json", timeout=30)
+    if out.returncode != 0:
+        return []
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def wait_ready(manager: NodeLayout, names: list[str], timeout: float = 60.0,
+               progress: Callable[[str], None] = print) -> None:
+    """Wait until every named node is READY in the manager's `node ls`."""
+    deadline = time.monotonic() + timeout
+    ready: set[str] = set()
+    while time.monotonic() < deadline:
+        ready = {str(n["hostname"]) for n in node_list(manager) if n.get("status") == "ready"}
+        if set(names) <= ready:
+            return
+        time.sleep(0.3)
+    missing = sorted(set(names) - ready)
+    raise JoinError(f"nodes not ready after {timeout:.0f}s: {', '.join(missing)} "
+                    f"(see their daemon.log)")
