@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from pyswarm.common import taskstate
 from pyswarm.common.errors import Conflict, InvalidArgument, NotFound
 from pyswarm.manager import validate
+from pyswarm.manager.allocator.validate import check_deploy
 from pyswarm.manager.loops.tasks import copy, new_id
 from pyswarm.manager.store import ReadTx, VersionConflict, WriteTx
 from pyswarm.proto import cluster_pb2 as cpb
@@ -191,6 +192,7 @@ def deploy_stack(tx: WriteTx, req: cpb.DeployStackRequest) -> DeployResult:
             if service.spec.labels.get(STACK_LABEL) == req.name and service.spec.name not in names:
                 tx.delete("service", service.id)
                 result.removed.append(service.spec.name)
+    check_deploy(tx, req.name)  # subnets and ingress ports clash-free, or nothing is applied
     return result
 
 

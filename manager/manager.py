@@ -1,6 +1,7 @@
 """A manager: the store and the components that run on it.
 
-    store ─▶ orchestrator (services → tasks)
+    store ─▶ orchestrator (services → NEW tasks)
+          ─▶ allocator    (subnets, VIPs, ports; NEW tasks → addresses → PENDING)
           ─▶ scheduler    (pending tasks → nodes)
           ─▶ dispatcher   (tasks → worker sessions; heartbeats; task status → store)
     control API ─▶ store
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from pyswarm.manager.config import ManagerConfig
 from pyswarm.manager.dispatcher.dispatcher import Dispatcher
+from pyswarm.manager.loops.allocator import AllocatorLoop
 from pyswarm.manager.loops.orchestrator import Orchestrator
 from pyswarm.manager.loops.scheduler import Scheduler
 from pyswarm.manager.store import Store, open_backend
@@ -55,6 +57,7 @@ class Manager:
         self.cfg = cfg
         self.dispatcher = Dispatcher(store, cfg, {identity.node_id})
         self.orchestrator = Orchestrator(store)
+        self.allocator = AllocatorLoop(store)
         self.scheduler = Scheduler(store)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -68,6 +71,7 @@ class Manager:
     async def start(self) -> None:
         await self.dispatcher.start()
         for name, loop in (("orchestrator", self.orchestrator.run),
+                           ("allocator", self.allocator.run),
                            ("scheduler", self.scheduler.run)):
             self._tasks.append(asyncio.create_task(_supervise(name, loop), name=name))
 

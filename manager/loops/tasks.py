@@ -28,7 +28,8 @@ def copy(msg: M) -> M:
 
 
 def new_task(service: opb.Service, slot: int, node_id: str = "") -> opb.Task:
-    """A task for one slot (or, global, one node) of ``service``, waiting for the scheduler."""
+    """A task for one slot (or, global, one node) of ``service``: NEW, waiting for the
+    allocator, which gives it its addresses and endpoint and makes it PENDING."""
     task = opb.Task(
         id=new_id(), service_id=service.id, service_name=service.spec.name, slot=slot,
         node_id=node_id, spec_version=service.meta.version, desired_state=S.TASK_STATE_RUNNING,
@@ -36,9 +37,9 @@ def new_task(service: opb.Service, slot: int, node_id: str = "") -> opb.Task:
     task.spec.CopyFrom(service.spec.task)
     task.endpoint.spec.CopyFrom(service.spec.endpoint)
     task.endpoint.ports.extend(service.endpoint.ports or service.spec.endpoint.ports)
-    task.status.state = S.TASK_STATE_PENDING
+    task.status.state = S.TASK_STATE_NEW
     task.status.timestamp = now_rfc3339()
-    task.status.message = "pending task scheduling"
+    task.status.message = "created"
     return task
 
 
