@@ -13,7 +13,7 @@ from typing import Any, cast
 import pytest
 
 from pyswarm.common.errors import Conflict, InvalidArgument
-from pyswarm.worker.network import lb
+from pyswarm.worker.network import lb, lb_nft
 from pyswarm.worker.network.lb import Backend, ServiceLB, ServicePort
 from pyswarm.worker.network.nft import NftError
 from pyswarm.worker.network.node import NodeNetwork
@@ -21,11 +21,11 @@ from pyswarm.worker.network.ports import PortBinding
 
 WEB = [ServicePort("tcp", 8080, 80), ServicePort("udp", 8053, 53)]
 TWO = [Backend("10.213.0.2", "task-a"), Backend("10.213.0.3", "task-b")]
-KEY = lb.service_key("web")
+KEY = lb_nft.service_key("web")
 
 
 def test_base_script_creates_own_chains_and_leaves_node_chains_alone() -> None:
-    script = lb.base_script("t")
+    script = lb_nft.base_script("t")
     assert "add map ip t lb_ports { type inet_proto . inet_service : verdict; }" in script
     for chain in ("lb_prerouting", "lb_output", "lb_input"):
         assert f"flush chain ip t {chain}\n" in script
@@ -37,7 +37,7 @@ def test_base_script_creates_own_chains_and_leaves_node_chains_alone() -> None:
 
 
 def test_service_script_with_backends() -> None:
-    script = lb.service_script("t", "web", WEB, TWO, None)
+    script = lb_nft.service_script("t", "web", WEB, TWO, None)
     chain, bmap = f"lbs_{KEY}", f"lbb_{KEY}"
     assert f"flush chain ip t {chain}\n" in script and f"flush map ip t {bmap}\n" in script
     assert (f'add element ip t {bmap} {{ 0 comment "task-a" : 10.213.0.2,'
@@ -50,7 +50,7 @@ def test_service_script_with_backends() -> None:
 
 
 def test_service_script_without_backends_refuses() -> None:
-    script = lb.service_script("t", "web", WEB, [], (WEB, TWO))
+    script = lb_nft.service_script("t", "web", WEB, [], (WEB, TWO))
     assert " dnat to " not in script and "add element ip t lb_ports" not in script
     assert 'tcp dport 8080 return comment "web tcp 8080 80"' in script
     assert "add element ip t lb_refused { tcp . 8080, udp . 8053 }" in script
@@ -59,7 +59,7 @@ def test_service_script_without_backends_refuses() -> None:
 
 
 def test_remove_script_deletes_elements_before_the_chain() -> None:
-    script = lb.remove_script("t", "web", (WEB[:1], []))
+    script = lb_nft.remove_script("t", "web", (WEB[:1], []))
     lines = script.splitlines()
     assert lines[0] == "delete element ip t lb_refused { tcp . 8080 }"
     assert lines[1:] == [f"flush chain ip t lbs_{KEY}", f"delete chain ip t lbs_{KEY}",
@@ -69,7 +69,7 @@ def test_remove_script_deletes_elements_before_the_chain() -> None:
 def nft_objects(service_id: str, ports: list[ServicePort],
                 backends: list[Backend]) -> list[dict[str, Any]]:
     """What ``nft -j -a list table`` prints for a service (the parts the parser reads)."""
-    key = lb.service_key(service_id)
+    key = lb_nft.service_key(service_id)
     objects: list[dict[str, Any]] = [{"map": {
         "name": f"lbb_{key}", "type": "integer", "map": "ipv4_addr",
         # listed out of order on purpose: the index decides
@@ -91,7 +91,7 @@ def test_parse_services_reads_back_what_was_written() -> None:
         {"rule": {"chain": f"lbs_{KEY}", "handle": 8, "comment": "added by hand"}},
         {"chain": {"name": f"lbs_{KEY}"}},
     ]
-    assert lb.parse_services(objects) == {
+    assert lb_nft.parse_services(objects) == {
         "web": (WEB, TWO),
         "idle": ([ServicePort("tcp", 9000, 90)], []),
     }

@@ -1,43 +1,35 @@
-"""The service load balancer of one node: published ports of services (Swarm's "ingress" mode).
+"""The service load balancer of one node: Swarm's routing mesh and service VIPs, without IPVS.
 
-Every published port of a service is accepted on every address of the node, and each new
-connection goes to one of the service's running replicas (backends), in turn. Two
-implementations behind one API (``ServiceLB``):
+Every node accepts every ingress-published port of every service, and each new connection
+goes to one of the service's serving tasks anywhere in the cluster, in turn; a service's
+virtual IP (VIP) on an overlay network spreads the connections of this node's containers
+over the service's tasks on that network. Two implementations behind one API
+(``ServiceLB``):
 
 - **nftables** (the default): DNAT with ``numgen inc`` in the node's own table, as
   kube-proxy's nftables mode does. No IPVS, no userspace hop, one transaction per change.
-- **userspace** (``proxy.py``): an asyncio TCP proxy per published port, used when nftables
-  cannot be programmed, or forced with ``PYSWARM_LB=userspace``.
+  The ruleset is drawn in ``lb_nft.py``.
+- **userspace** (``proxy.py``): an asyncio TCP proxy per published port (and per VIP and
+  declared port), used when nftables cannot be programmed, or forced with
+  ``PYSWARM_LB=userspace``.
 
-The chains, in ``ip <cfg.nft_table>`` next to node.py's (which this module never flushes)::
-
-    lb_prerouting (nat, dstnat)  fib daddr type local ─┐    from other machines/namespaces
-    lb_output     (nat, -100)    fib daddr type local ─┤    and containers; from host processes
-                                                       ▼
-        map lb_ports  { tcp . 8080 : goto lbs_<key>, udp . 53 : goto lbs_<key2>, ... }
-                       (only ports of services that have backends)
-                                                       ▼
-    lbs_<key>  one rule per published port of service <key>, commented "<sid> tcp 8080 80":
-        tcp dport 8080 dnat to numgen inc mod 3 map @lbb_<key> : 80
-        (zero backends:  tcp dport 8080 return   — the rule stays as the record)
-    map lbb_<key> { 0 comment "<task id>" : 10.213.0.2, 1 comment "<task>" : 10.213.0.3, ... }
-
-    lb_input (filter, -1)   ct status & dnat == 0  meta l4proto . th dport @lb_refused  reject
-        set lb_refused { tcp . 8080, ... }   ports of services with zero backends: a TCP
-        client gets a reset (connection refused) at once instead of hanging; UDP an ICMP
-        port unreachable. (reject is not allowed in prerouting, hence the input hook.)
-
-``<key>`` is a hash of the service id (nft 1.0.6 accepts only plain identifiers as names);
-the id itself is in each rule's comment and the task ids in the backend map's element
-comments, so ``services()`` reads everything back from the kernel after a daemon restart.
+What a backend is (``Backend.ip``) is the caller's choice (``agent/lb_sync.py``): a task of
+this node by its container's node-bridge address, a task of another node by its address on
+the ingress overlay; for a VIP, each task's address on the VIP's network.
 
 Addresses and NAT. Replies must come back through this node, so:
 
-- from another machine or namespace: DNAT only, no masquerade. **The backend sees the
-  client's real source address** (tested), and answers through its default route, the
-  bridge gateway, where conntrack undoes the DNAT.
+- to a task on this node's bridge, from another machine or namespace: DNAT only, no
+  masquerade. **The backend sees the client's real source address** (tested), and answers
+  through its default route, the bridge gateway, where conntrack undoes the DNAT.
+- to a task reached through an overlay (a task of another node, or any VIP backend): the
+  source becomes this node's own address on that overlay (``set_overlays``: the subnet ->
+  address map that ``lb_postrouting`` SNATs with), so the task answers to this node. The
+  client's address is lost on that path, as it always is in Docker's routing mesh.
 - from the host itself to 127.0.0.1: node.py's ``route_localnet=1`` on the bridge and its
-  "loopback to container" masquerade make the backend see the gateway address.
+  "loopback to container" masquerade make a bridge backend see the gateway address; for an
+  overlay backend ``set_overlays`` turns ``route_localnet`` on for the interfaces that hold
+  this node's overlay addresses (found by address: whoever made them), and the SNAT applies.
 - from a container on the bridge to the gateway or any node address (hairpin): node.py's
   "hairpin" masquerade; the backend sees the gateway.
 - a container picked as its own backend: where ``br_netfilter`` is loaded with
@@ -48,8 +40,9 @@ Addresses and NAT. Replies must come back through this node, so:
   late, and the container never reaches itself. So ``set_service`` turns ``hairpin_mode`` on
   for the bridge ports of its local backends (as Docker and kubelet's hairpin-veth do).
 
-These rely on ``NodeNetwork.setup()`` having run (its postrouting and forward chains) and
-cover backends on this node's bridge; backends elsewhere are reached by routing.
+These rely on ``NodeNetwork.setup()`` having run (its postrouting and forward chains) for
+backends on this node's bridge, and on a route to every overlay backend (the overlay's
+bridge) for the others.
 
 Policy:
 
@@ -59,193 +52,57 @@ Policy:
   host process would be shadowed silently by the DNAT), the nftables path keeps a socket
   bound on each published port ("port holding", as kube-proxy did for node ports); a new
   ``ServiceLB`` binds them again for the services it finds in the kernel.
-- ``set_service`` is idempotent and atomic (one nft transaction including the base chains,
-  so it also works right after a ``NodeNetwork.teardown``); a changed backend set applies to
-  new connections only: established connections keep their conntrack mapping (for UDP
-  flows, until their conntrack entry expires).
-- A service with no ports has nothing to balance: ``set_service(id, [], ...)`` removes it.
+- ``set_service`` / ``set_vip`` are idempotent and atomic (one nft transaction including the
+  base chains, so they also work right after a ``NodeNetwork.teardown``); a changed backend
+  set applies to new connections only: established connections keep their conntrack mapping
+  (for UDP flows, until their conntrack entry expires).
+- Zero backends: new connections are refused at once (a TCP reset, an ICMP port unreachable
+  for UDP), on published ports and on VIPs alike; nothing hangs.
+- A service with no ports has nothing to publish: ``set_service(id, [], ...)`` removes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import ipaddress
 import logging
 import os
 import re
 import socket
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from pyswarm.common.errors import Conflict, InvalidArgument, RuntimeFailure
+from pyswarm.worker.network.lb_nft import (
+    Backend,
+    ServicePort,
+    ServiceState,
+    VipState,
+    VirtualIP,
+    base_script,
+    overlays_script,
+    parse_overlays,
+    parse_services,
+    parse_vips,
+    remove_script,
+    remove_vip_script,
+    service_script,
+    vip_comment,
+    vip_script,
+)
 from pyswarm.worker.network.node import NodeNetwork, veth_name
+
+__all__ = ["Backend", "ServiceLB", "ServicePort", "ServiceState", "VipState", "VirtualIP"]
 
 log = logging.getLogger(__name__)
 
-PORTS_MAP = "lb_ports"
-REFUSED_SET = "lb_refused"
-SERVICE_CHAIN_PREFIX = "lbs_"
-BACKEND_MAP_PREFIX = "lbb_"
-
-_BASE_CHAINS = {
-    "lb_prerouting": "type nat hook prerouting priority dstnat; policy accept;",
-    "lb_output": "type nat hook output priority -100; policy accept;",
-    # -1: before iptables' filter (0), as node.py's forward chain.
-    "lb_input": "type filter hook input priority -1; policy accept;",
-}
 _ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]{0,99}")  # comments hold at most 128 bytes
 _PROTOCOLS = ("tcp", "udp")
-
-
-@dataclass(frozen=True)
-class ServicePort:
-    proto: str  # "tcp" | "udp"
-    published: int  # on every address of the node
-    target: int  # on each backend
-
-
-@dataclass(frozen=True)
-class Backend:
-    ip: str
-    task_id: str
-
-
-ServiceState = tuple[list[ServicePort], list[Backend]]
-
-
-# ---- nft text (pure) ------------------------------------------------------------------
-
-
-def service_key(service_id: str) -> str:
-    """A name-safe, stable key for a service id."""
-    return hashlib.sha256(service_id.encode()).hexdigest()[:16]
-
-
-def base_script(table: str) -> str:
-    """Create the LB's chains, map and set unless present; re-create the base chains' rules."""
-    t = f"ip {table}"
-    lines = [
-        f"add table {t}",
-        f"add map {t} {PORTS_MAP} {{ type inet_proto . inet_service : verdict; }}",
-        f"add set {t} {REFUSED_SET} {{ type inet_proto . inet_service; }}",
-    ]
-    for chain, spec in _BASE_CHAINS.items():
-        lines += [f"add chain {t} {chain} {{ {spec} }}", f"flush chain {t} {chain}"]
-    dispatch = f"fib daddr type local meta l4proto . th dport vmap @{PORTS_MAP}"
-    refused = f"ct status & dnat == 0 meta l4proto . th dport @{REFUSED_SET}"
-    lines += [
-        f"add rule {t} lb_prerouting {dispatch}",
-        f"add rule {t} lb_output {dispatch}",
-        f"add rule {t} lb_input {refused} meta l4proto tcp reject with tcp reset",
-        f"add rule {t} lb_input {refused} meta l4proto udp reject",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def service_script(
-    table: str,
-    service_id: str,
-    ports: Sequence[ServicePort],
-    backends: Sequence[Backend],
-    old: ServiceState | None,
-) -> str:
-    """Replace service ``service_id`` (whose kernel state is ``old``) by ports and backends."""
-    t = f"ip {table}"
-    key = service_key(service_id)
-    chain, bmap = SERVICE_CHAIN_PREFIX + key, BACKEND_MAP_PREFIX + key
-    lines = [
-        f"add chain {t} {chain}",
-        f"flush chain {t} {chain}",
-        f"add map {t} {bmap} {{ typeof numgen inc mod 2 : ip daddr; }}",
-        f"flush map {t} {bmap}",
-        *_forget_elements(t, old),
-    ]
-    if backends:
-        elements = ", ".join(
-            f"{i} comment {_quote(b.task_id)} : {b.ip}" for i, b in enumerate(backends)
-        )
-        lines.append(f"add element {t} {bmap} {{ {elements} }}")
-    n = len(backends)
-    for p in ports:
-        match = f"{p.proto} dport {p.published}"
-        action = f"dnat to numgen inc mod {n} map @{bmap} : {p.target}" if n else "return"
-        comment = _quote(f"{service_id} {p.proto} {p.published} {p.target}")
-        lines.append(f"add rule {t} {chain} {match} {action} comment {comment}")
-    keys = ", ".join(f"{p.proto} . {p.published}" for p in ports)
-    if n:
-        verdicts = ", ".join(f"{p.proto} . {p.published} : goto {chain}" for p in ports)
-        lines.append(f"add element {t} {PORTS_MAP} {{ {verdicts} }}")
-    else:
-        lines.append(f"add element {t} {REFUSED_SET} {{ {keys} }}")
-    return "\n".join(lines) + "\n"
-
-
-def remove_script(table: str, service_id: str, old: ServiceState) -> str:
-    """Delete a service's elements, chain and backend map (the elements go first)."""
-    t = f"ip {table}"
-    key = service_key(service_id)
-    return "\n".join([
-        *_forget_elements(t, old),
-        f"flush chain {t} {SERVICE_CHAIN_PREFIX}{key}",
-        f"delete chain {t} {SERVICE_CHAIN_PREFIX}{key}",
-        f"delete map {t} {BACKEND_MAP_PREFIX}{key}",
-    ]) + "\n"
-
-
-def _forget_elements(t: str, old: ServiceState | None) -> list[str]:
-    """Delete the dispatch (or refusal) elements a service's old state implies."""
-    if old is None or not old[0]:
-        return []
-    keys = ", ".join(f"{p.proto} . {p.published}" for p in old[0])
-    where = PORTS_MAP if old[1] else REFUSED_SET
-    return [f"delete element {t} {where} {{ {keys} }}"]
-
-
-def parse_services(objects: Iterable[dict[str, Any]]) -> dict[str, ServiceState]:
-    """Services as found in ``nft -j list table`` objects; what is not ours is ignored."""
-    ports: dict[str, tuple[str, list[ServicePort]]] = {}  # key -> (service id, ports)
-    backends: dict[str, list[tuple[int, Backend]]] = {}
-    for obj in objects:
-        if (rule := obj.get("rule")) and str(rule.get("chain", "")).startswith(
-            SERVICE_CHAIN_PREFIX
-        ):
-            parsed = _parse_comment(str(rule.get("comment", "")))
-            if parsed is not None:
-                key = str(rule["chain"])[len(SERVICE_CHAIN_PREFIX):]
-                sid, port = parsed
-                if key == service_key(sid):
-                    ports.setdefault(key, (sid, []))[1].append(port)
-        elif (m := obj.get("map")) and str(m.get("name", "")).startswith(BACKEND_MAP_PREFIX):
-            key = str(m["name"])[len(BACKEND_MAP_PREFIX):]
-            backends[key] = [_parse_backend(e) for e in m.get("elem", [])]
-    found: dict[str, ServiceState] = {}
-    for key, (sid, service_ports) in ports.items():
-        members = [b for _, b in sorted(backends.get(key, []), key=lambda ib: ib[0])]
-        found[sid] = (service_ports, members)
-    return found
-
-
-def _parse_comment(comment: str) -> tuple[str, ServicePort] | None:
-    parts = comment.split()
-    if len(parts) != 4 or parts[1] not in _PROTOCOLS or not (parts[2] + parts[3]).isdigit():
-        return None
-    return parts[0], ServicePort(parts[1], int(parts[2]), int(parts[3]))
-
-
-def _parse_backend(element: Any) -> tuple[int, Backend]:
-    # [{"elem": {"val": 0, "comment": "task"}}, "10.213.0.2"]
-    key, ip = element
-    inner = key.get("elem", {}) if isinstance(key, dict) else {"val": key}
-    return int(inner["val"]), Backend(ip=str(ip), task_id=str(inner.get("comment", "")))
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace('"', "") + '"'
+_COMMENT_MAX = 127
 
 
 # ---- validation ---------------------------------------------------------------------
@@ -266,17 +123,56 @@ def check_service(
         if (p.proto, p.published) in seen:
             raise InvalidArgument(f"port {p.published}/{p.proto} is published twice")
         seen.add((p.proto, p.published))
+    check_backends(backends)
+
+
+def check_backends(backends: Sequence[Backend]) -> None:
     ips: set[str] = set()
     for b in backends:
         if not _ID.fullmatch(b.task_id):
             raise InvalidArgument(f"invalid task id {b.task_id!r}")
-        try:
-            ipaddress.IPv4Address(b.ip)
-        except ValueError:
-            raise InvalidArgument(f"invalid backend address {b.ip!r}") from None
+        _check_address(b.ip, "backend address")
         if b.ip in ips:
             raise InvalidArgument(f"backend address {b.ip} is listed twice")
         ips.add(b.ip)
+
+
+def check_vip(vip: VirtualIP, backends: Sequence[Backend]) -> None:
+    if not _ID.fullmatch(vip.service_id):
+        raise InvalidArgument(f"invalid service id {vip.service_id!r} of VIP {vip.addr!r}")
+    if not _ID.fullmatch(vip.network_id):
+        raise InvalidArgument(f"invalid network id {vip.network_id!r} of VIP {vip.addr!r}")
+    _check_address(vip.addr, "virtual IP")
+    if len(vip_comment(vip)) > _COMMENT_MAX:
+        raise InvalidArgument(f"VIP {vip.addr}: service and network ids too long together")
+    for port in vip.ports:
+        if not 1 <= port <= 65535:
+            raise InvalidArgument(f"invalid port {port} of VIP {vip.addr}: must be 1-65535")
+    check_backends(backends)
+
+
+def check_overlays(overlays: Mapping[str, str]) -> None:
+    """Subnet -> address pairs, the address inside its subnet, no two subnets overlapping."""
+    nets: list[ipaddress.IPv4Network] = []
+    for subnet, addr in overlays.items():
+        try:
+            net = ipaddress.IPv4Network(subnet)
+        except ValueError:
+            raise InvalidArgument(f"invalid overlay subnet {subnet!r}") from None
+        _check_address(addr, f"address on overlay {subnet}")
+        if ipaddress.IPv4Address(addr) not in net:
+            raise InvalidArgument(f"address {addr} is outside its overlay subnet {subnet}")
+        for other in nets:
+            if net.overlaps(other):
+                raise InvalidArgument(f"overlay subnets {other} and {net} overlap")
+        nets.append(net)
+
+
+def _check_address(ip: str, what: str) -> None:
+    try:
+        ipaddress.IPv4Address(ip)
+    except ValueError:
+        raise InvalidArgument(f"invalid {what} {ip!r}") from None
 
 
 def check_owner(
@@ -311,6 +207,12 @@ class _Impl(Protocol):
     def apply(self, service_id: str, ports: Sequence[ServicePort],
               backends: Sequence[Backend], old: ServiceState | None) -> None: ...
     def remove(self, service_id: str, old: ServiceState) -> None: ...
+    def vip_state(self) -> dict[str, VipState]: ...
+    def apply_vip(self, vip: VirtualIP, backends: Sequence[Backend],
+                  old: VipState | None) -> None: ...
+    def remove_vip(self, old: VipState) -> None: ...
+    def overlay_state(self) -> dict[str, str]: ...
+    def apply_overlays(self, overlays: Mapping[str, str]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -390,12 +292,14 @@ class _NftImpl:
         """Program the base chains: raises where nftables cannot be used."""
         self.network._nft.run(base_script(self.table))
 
-    def state(self) -> dict[str, ServiceState]:
+    def _objects(self) -> list[dict[str, Any]]:
         try:
-            objects = self.network._nft.query(f"list table ip {self.table}")
+            return self.network._nft.query(f"list table ip {self.table}")
         except RuntimeFailure:
-            return {}  # no table (yet, or torn down): no services
-        return parse_services(objects)
+            return []  # no table (yet, or torn down): nothing
+
+    def state(self) -> dict[str, ServiceState]:
+        return parse_services(self._objects())
 
     def apply(self, service_id: str, ports: Sequence[ServicePort],
               backends: Sequence[Backend], old: ServiceState | None) -> None:
@@ -414,6 +318,26 @@ class _NftImpl:
         self.network._nft.run(remove_script(self.table, service_id, old))
         self.release((p.proto, p.published) for p in old[0])
 
+    def vip_state(self) -> dict[str, VipState]:
+        return parse_vips(self._objects())
+
+    def apply_vip(self, vip: VirtualIP, backends: Sequence[Backend],
+                  old: VipState | None) -> None:
+        if old == (vip, list(backends)):
+            return  # unchanged: keep the numgen counter
+        self.network._nft.run(base_script(self.table) + vip_script(
+            self.table, vip, backends, old))
+
+    def remove_vip(self, old: VipState) -> None:
+        self.network._nft.run(remove_vip_script(self.table, old))
+
+    def overlay_state(self) -> dict[str, str]:
+        return parse_overlays(self._objects())
+
+    def apply_overlays(self, overlays: Mapping[str, str]) -> None:
+        allow_loopback_sources(overlays.values())
+        self.network._nft.run(base_script(self.table) + overlays_script(self.table, overlays))
+
 
 def enable_hairpin(network: NodeNetwork, backends: Sequence[Backend]) -> None:
     """Let the bridge send a frame back by the port it came in by, for local backends."""
@@ -430,9 +354,35 @@ def enable_hairpin(network: NodeNetwork, backends: Sequence[Backend]) -> None:
             log.warning("cannot turn hairpin mode on for %s: %s", b.ip, e)
 
 
+def allow_loopback_sources(addresses: Iterable[str]) -> None:
+    """``route_localnet=1`` on the interfaces holding these (this node's overlay) addresses.
+
+    A host process's connection to 127.0.0.1:<published> DNATed to a task of another node
+    leaves by the overlay's interface still carrying source 127.0.0.1 until postrouting's
+    SNAT, and its answers come back to 127.0.0.1 by that interface: martians unless the
+    interface allows them. The interfaces are found by the addresses they hold, so whatever
+    made them (the overlay driver) need not tell their names.
+    """
+    wanted = set(addresses)
+    if not wanted:
+        return
+    from pyroute2 import IPRoute  # lazily: only nodes on overlays need it
+
+    with IPRoute() as ipr:
+        names = {str(ipr.get_links(a["index"])[0].get_attr("IFLA_IFNAME"))
+                 for a in ipr.get_addr(family=socket.AF_INET)
+                 if a.get_attr("IFA_ADDRESS") in wanted}
+    for name in sorted(names):
+        path = Path("/proc/sys/net/ipv4/conf") / name / "route_localnet"
+        try:
+            if path.read_text().strip() != "1":
+                path.write_text("1")
+        except OSError as e:
+            log.warning("cannot set route_localnet on %s: %s", name, e)
+
 
 class ServiceLB:
-    """Published ports of services on this node, spread over their backends.
+    """Published ports and VIPs of services on this node, spread over their backends.
 
     ``mode``: "nftables", "userspace" or "auto" (default: ``$PYSWARM_LB``, else "auto":
     nftables, falling back to userspace when the base chains cannot be programmed).
@@ -465,6 +415,8 @@ class ServiceLB:
 
         self._impl, self.mode = ProxyLB(loop or asyncio.get_running_loop()), "userspace"
 
+    # ---- published ports ---------------------------------------------------------------
+
     def set_service(self, service_id: str, ports: Sequence[ServicePort],
                     backends: Sequence[Backend]) -> None:
         """Publish ``ports`` of a service over ``backends``, replacing what was there."""
@@ -492,11 +444,53 @@ class ServiceLB:
         with self._lock:
             return self._impl.state()
 
+    # ---- virtual IPs -------------------------------------------------------------------
+
+    def set_vip(self, vip: VirtualIP, backends: Sequence[Backend]) -> None:
+        """Spread connections to ``vip.addr`` (any port, tcp and udp) over ``backends``."""
+        check_vip(vip, backends)
+        with self._lock:
+            old = self._impl.vip_state().get(vip.addr)
+            self._impl.apply_vip(vip, list(backends), old)
+
+    def remove_vip(self, addr: str) -> None:
+        with self._lock:
+            old = self._impl.vip_state().get(addr)
+            if old is not None:
+                self._impl.remove_vip(old)
+
+    def vips(self) -> dict[str, VipState]:
+        with self._lock:
+            return self._impl.vip_state()
+
+    # ---- overlays ----------------------------------------------------------------------
+
+    def set_overlays(self, overlays: Mapping[str, str]) -> None:
+        """This node's own address on each overlay subnet it takes part in (replaces all).
+
+        What is balanced to a backend inside one of these subnets leaves with that address.
+        """
+        overlays = {str(ipaddress.IPv4Network(s)) if _is_network(s) else s: a
+                    for s, a in overlays.items()}
+        check_overlays(overlays)
+        with self._lock:
+            if self._impl.overlay_state() != overlays:
+                self._impl.apply_overlays(overlays)
+
+    def overlays(self) -> dict[str, str]:
+        with self._lock:
+            return self._impl.overlay_state()
+
+    # ---- all ---------------------------------------------------------------------------
+
     def clear(self) -> None:
-        """Remove every service's ports (the LB's empty base chains stay)."""
+        """Remove every service's ports and every VIP (the LB's empty base chains stay)."""
         with self._lock:
             for service_id, old in self._impl.state().items():
                 self._impl.remove(service_id, old)
+            for old_vip in self._impl.vip_state().values():
+                self._impl.remove_vip(old_vip)
+            self._impl.apply_overlays({})
 
     def close(self) -> None:
         """Let go of what this process holds (on the agent's shutdown).
@@ -506,3 +500,11 @@ class ServiceLB:
         """
         with self._lock:
             self._impl.close()
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.IPv4Network(text)
+    except ValueError:
+        return False
+    return True

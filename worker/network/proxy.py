@@ -1,21 +1,33 @@
-"""The userspace load balancer: an asyncio TCP proxy per published port.
+"""The userspace load balancer: an asyncio TCP proxy per published port and per VIP port.
 
 Used by ``ServiceLB`` where nftables cannot be programmed (or with ``PYSWARM_LB=userspace``).
-Each published TCP port of a service gets a listening socket on 0.0.0.0; each accepted
-connection is piped to the next backend in turn (round robin). A backend whose connect fails
-(refused, unreachable, or no answer within ``CONNECT_TIMEOUT``) is skipped and the next one
-tried; when none answers the client gets a reset.
+It serves the same backend sets as the nftables path (tasks of every node: this node's by
+their bridge address, other nodes' by their overlay address, which the kernel reaches through
+the overlay's interface with this node's address as the source):
+
+- each published TCP port of a service gets a listening socket on 0.0.0.0;
+- each VIP gets a ``local`` route (``ip route add local <vip>/32 dev lo table local``), so
+  that the node accepts packets to it, and a listening socket on ``<vip>:<port>`` for each
+  declared TCP port of its service (``VirtualIP.ports``). Unlike nftables, which balances
+  every port, other ports of a VIP are refused.
+
+Each accepted connection is piped to the next backend in turn (round robin). A backend whose
+connect fails (refused, unreachable, or no answer within ``CONNECT_TIMEOUT``) is skipped and
+the next one tried; when none answers the client gets a reset.
 
 Policy:
 
-- The listening socket is bound in the caller's thread, so a port held by another process
+- The listening sockets are bound in the caller's thread, so a port held by another process
   is reported as Conflict by ``set_service`` itself, and all ports of a call are bound or
   none. Serving then runs on the agent's loop (``loop.call_soon_threadsafe``), so the
   methods may be called from any thread, the loop's own included, without waiting for it.
+  Listeners set SO_REUSEPORT, so a VIP's ``<vip>:80`` and a published ``0.0.0.0:80`` can
+  both exist (the kernel prefers the exact address); a probe without it still conflicts.
 - Zero backends: the port is not listened on, so connections are refused (as the nftables
   path resets them); the service still owns the port for ``set_service``'s conflict checks.
-- Backends see the node (the bridge gateway) as the client: a proxy cannot keep the client's
-  source address. The nftables path does.
+- Backends see the node (the bridge gateway, or its overlay address) as the client: a
+  proxy cannot keep the client's source address. The nftables path does, for tasks on
+  this node.
 - UDP is not proxied: its ports are recorded (``services()`` shows them) but not served; a
   warning says so.
 - A changed backend set applies to new connections; established ones are left to finish.
@@ -28,24 +40,26 @@ import errno
 import logging
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pyswarm.common.errors import Conflict
-from pyswarm.worker.network.lb import Backend, ServicePort, ServiceState
+from pyswarm.common.errors import Conflict, RuntimeFailure
+from pyswarm.worker.network.lb_nft import Backend, ServicePort, ServiceState, VipState, VirtualIP
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 2.0
+ANY = "0.0.0.0"
 _CHUNK = 65536
 _BACKLOG = 512
 
 
 @dataclass
 class _Port:
-    """One published TCP port: its listener (when it has backends) and where to send to."""
+    """One listening address and port: its listener (when it has backends), where to send to."""
 
     loop: asyncio.AbstractEventLoop
+    addr: str
     published: int
     target: int = 0
     backends: tuple[str, ...] = ()
@@ -136,19 +150,24 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.close()
 
 
-def _bind(port: int) -> socket.socket:
+def _bind(addr: str, port: int) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        s.bind(("0.0.0.0", port))
+        s.bind((addr, port))
         s.listen(_BACKLOG)
     except OSError as e:
         s.close()
         if e.errno in (errno.EADDRINUSE, errno.EACCES):
-            raise Conflict(f"port {port}/tcp is already in use on this node") from None
+            where = "" if addr == ANY else f" at {addr}"
+            raise Conflict(f"port {port}/tcp is already in use on this node{where}") from None
         raise
     s.setblocking(False)
     return s
+
+
+Listen = tuple[str, int]  # (address, port)
 
 
 class ProxyLB:
@@ -157,50 +176,115 @@ class ProxyLB:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._services: dict[str, ServiceState] = {}
-        self._ports: dict[int, _Port] = {}  # published TCP port -> its proxy
+        self._vips: dict[str, VipState] = {}
+        self._overlays: dict[str, str] = {}
+        self._ports: dict[Listen, _Port] = {}  # listening address and port -> its proxy
+
+    # ---- published ports ---------------------------------------------------------------
 
     def state(self) -> dict[str, ServiceState]:
         return {sid: (list(p), list(b)) for sid, (p, b) in self._services.items()}
 
     def apply(self, service_id: str, ports: Sequence[ServicePort],
               backends: Sequence[Backend], old: ServiceState | None) -> None:
-        ips = tuple(b.ip for b in backends)
-        tcp = {p.published: p.target for p in ports if p.proto == "tcp"}
         for p in ports:
             if p.proto != "tcp":
                 log.warning("service %s: %s/%s is not served by the userspace proxy",
                             service_id, p.published, p.proto)
-        old_tcp = {p.published for p in (old[0] if old else []) if p.proto == "tcp"}
-        # Bind every new listener first: all or nothing.
-        bound: dict[int, socket.socket] = {}
-        try:
-            for published in tcp:
-                current = self._ports.get(published)
-                if ips and (current is None or current.sock is None):
-                    bound[published] = _bind(published)
-        except BaseException:
-            for s in bound.values():
-                s.close()
-            raise
-        for published in old_tcp - tcp.keys():
-            self._ports.pop(published).stop()
-        for published, target in tcp.items():
-            port = self._ports.setdefault(published, _Port(self._loop, published))
-            port.target, port.backends = target, ips
-            if not ips:
-                port.stop()
-            elif published in bound:
-                port.listen(bound[published])
+        self._program({(ANY, p.published): p.target for p in ports if p.proto == "tcp"},
+                      backends,
+                      {(ANY, p.published) for p in (old[0] if old else []) if p.proto == "tcp"})
         self._services[service_id] = (list(ports), list(backends))
+
+    def remove(self, service_id: str, old: ServiceState) -> None:
+        self._stop({(ANY, p.published) for p in old[0] if p.proto == "tcp"})
+        self._services.pop(service_id, None)
+
+    # ---- virtual IPs -------------------------------------------------------------------
+
+    def vip_state(self) -> dict[str, VipState]:
+        return {addr: (vip, list(b)) for addr, (vip, b) in self._vips.items()}
+
+    def apply_vip(self, vip: VirtualIP, backends: Sequence[Backend],
+                  old: VipState | None) -> None:
+        if old is not None and old == (vip, list(backends)) and old[0].ports == vip.ports:
+            return
+        if old is None:
+            _local_route("replace", vip.addr)
+        old_keys = {(vip.addr, port) for port in old[0].ports} if old else set()
+        try:
+            self._program({(vip.addr, port): port for port in vip.ports}, backends, old_keys)
+        except BaseException:
+            if old is None:
+                _local_route("del", vip.addr)
+            raise
+        self._vips[vip.addr] = (vip, list(backends))
+
+    def remove_vip(self, old: VipState) -> None:
+        self._stop({(old[0].addr, port) for port in old[0].ports})
+        _local_route("del", old[0].addr)
+        self._vips.pop(old[0].addr, None)
+
+    # ---- overlays: the kernel picks the source address of the proxy's connections --------
+
+    def overlay_state(self) -> dict[str, str]:
+        return dict(self._overlays)
+
+    def apply_overlays(self, overlays: Mapping[str, str]) -> None:
+        self._overlays = dict(overlays)
+
+    # ---- all ---------------------------------------------------------------------------
 
     def close(self) -> None:
         for port in self._ports.values():
             port.stop()
+        for addr in self._vips:
+            _local_route("del", addr)
         self._ports.clear()
         self._services.clear()
+        self._vips.clear()
 
-    def remove(self, service_id: str, old: ServiceState) -> None:
-        for p in old[0]:
-            if p.proto == "tcp" and p.published in self._ports:
-                self._ports.pop(p.published).stop()
-        self._services.pop(service_id, None)
+    def _program(self, listens: Mapping[Listen, int], backends: Sequence[Backend],
+                 old: set[Listen]) -> None:
+        """Listen on ``listens`` (address, port -> target port) for ``backends``; stop the
+        listeners of ``old`` that are no longer wanted. All new binds succeed or none."""
+        ips = tuple(b.ip for b in backends)
+        bound: dict[Listen, socket.socket] = {}
+        try:
+            for key in listens:
+                current = self._ports.get(key)
+                if ips and (current is None or current.sock is None):
+                    bound[key] = _bind(*key)
+        except BaseException:
+            for s in bound.values():
+                s.close()
+            raise
+        self._stop(old - listens.keys())
+        for key, target in listens.items():
+            port = self._ports.setdefault(key, _Port(self._loop, key[0], key[1]))
+            port.target, port.backends = target, ips
+            if not ips:
+                port.stop()
+            elif key in bound:
+                port.listen(bound[key])
+
+    def _stop(self, keys: set[Listen]) -> None:
+        for key in keys:
+            if (port := self._ports.pop(key, None)) is not None:
+                port.stop()
+
+
+def _local_route(command: str, addr: str) -> None:
+    """Add (replace) or delete ``local <addr>/32 dev lo`` in the local table."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        with IPRoute() as ipr:
+            lo = ipr.link_lookup(ifname="lo")[0]
+            ipr.route(command, dst=f"{addr}/32", type="local", table=255, oif=lo,
+                      scope="host")
+    except NetlinkError as e:
+        if command == "del" and e.code in (errno.ESRCH, errno.ENOENT):
+            return  # already gone
+        raise RuntimeFailure(f"cannot {command} the local route of VIP {addr}: {e}") from e
