@@ -7,6 +7,10 @@
 
 Errors before the container started make the task REJECTED, after it FAILED. Every move is
 reported through `report` (batched by the agent); the controller never rewinds a state.
+
+A task on overlay networks stays PREPARING until every one of them is on this node (the
+manager's NetworkState can arrive after the task); after NETWORK_WAIT without them it is
+REJECTED, naming the networks that never came.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from datetime import UTC, datetime
 from pyswarm.common import taskstate
 from pyswarm.common.errors import Conflict, NotFound, PyswarmError
 from pyswarm.proto import objects_pb2 as opb
-from pyswarm.worker.agent.spec import container_request
+from pyswarm.worker.agent.spec import container_request, missing_networks
 from pyswarm.worker.engine.core import Engine
 from pyswarm.worker.engine.records import ContainerRecord
 from pyswarm.worker.engine.service import ExitWatcher
@@ -32,6 +36,10 @@ S = opb.TaskState
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 DEFAULT_GRACE = 10.0  # seconds between the stop signal and SIGKILL (Swarm's default)
+# Seconds a task waits in PREPARING for its overlay networks to reach this node: the
+# NetworkState follows the assignments within a session round trip, so this is generous.
+NETWORK_WAIT = 30.0
+NETWORK_CHECK = 0.2  # seconds between looks while waiting
 
 
 @dataclass
@@ -55,6 +63,8 @@ class TaskController:
         self.removed = False
         self._wake = asyncio.Event()
         self._exit: asyncio.Future[ContainerRecord] | None = None
+        self._image_ready = False
+        self._network_deadline: float | None = None
         if adopted is not None:
             self._adopt(adopted)
 
@@ -99,15 +109,24 @@ class TaskController:
         elif state == S.TASK_STATE_ACCEPTED:
             self._set(S.TASK_STATE_PREPARING, "preparing")
         elif state == S.TASK_STATE_PREPARING:
-            image = self.task.spec.container.image
-            try:
-                await asyncio.to_thread(self._ensure_image, image)
-            except PyswarmError as exc:
-                self._set(S.TASK_STATE_REJECTED, "preparing failed", err=str(exc))
-                return True
+            if not self._image_ready:
+                image = self.task.spec.container.image
+                try:
+                    await asyncio.to_thread(self._ensure_image, image)
+                except PyswarmError as exc:
+                    self._set(S.TASK_STATE_REJECTED, "preparing failed", err=str(exc))
+                    return True
+                self._image_ready = True
+            ready = self._networks_ready()
+            if self.status.state != S.TASK_STATE_PREPARING:
+                return True  # rejected: its networks never came
+            if not ready:
+                return False
             self._set(S.TASK_STATE_STARTING, "starting")
         elif state == S.TASK_STATE_STARTING:
-            request = container_request(self.task, self.node_hostname)
+            network = self.engine.network
+            dns = [network.service_dns] if network.service_dns else []
+            request = container_request(self.task, self.node_hostname, dns)
             try:
                 record = await asyncio.to_thread(self.engine.create, request)
             except PyswarmError as exc:
@@ -144,6 +163,23 @@ class TaskController:
         return False
 
     # ---- helpers -------------------------------------------------------------------------
+
+    def _networks_ready(self) -> bool:
+        """True once the task's networks are all here; else arms a wake-up and returns False,
+        or rejects the task when the wait is over."""
+        missing = missing_networks(self.task, self.engine.network.overlays.networks())
+        if not missing:
+            return True
+        loop = asyncio.get_running_loop()
+        if self._network_deadline is None:
+            self._network_deadline = loop.time() + NETWORK_WAIT
+        if loop.time() >= self._network_deadline:
+            self._set(S.TASK_STATE_REJECTED, "preparing failed",
+                      err=f"network {', '.join(missing)} is not available on this node: no "
+                          f"overlay for it came from the manager within {NETWORK_WAIT:g}s")
+            return True
+        loop.call_later(NETWORK_CHECK, self._wake.set)
+        return False
 
     def _adopt(self, record: ContainerRecord) -> None:
         """A container that outlived an agent restart: pick up where it is."""

@@ -4,11 +4,17 @@ Container name `<service>.<slot>.<task id>` (global: `<service>.<node id>.<task 
 com.docker.swarm.* labels, and the templates Swarm expands in hostname, env and mounts:
 {{.Service.Name}}, {{.Service.ID}}, {{.Task.Name}}, {{.Task.ID}}, {{.Task.Slot}},
 {{.Node.ID}}, {{.Node.Hostname}}.
+
+Networks: the task's overlay attachments (``Task.networks``, allocated by the manager)
+become the container's eth1, eth2... in that order. Each network must be on this node
+already (``missing_networks``): the controller waits for it, since the manager's
+NetworkState may arrive just after the task, and rejects the task if it does not come.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Sequence
 
 from pyswarm.proto import engine_pb2 as epb
 from pyswarm.proto import objects_pb2 as opb
@@ -32,7 +38,20 @@ def expand(text: str, task: opb.Task, hostname: str) -> str:
     return _TEMPLATE.sub(lambda m: values.get((m.group(1), m.group(2)), m.group(0)), text)
 
 
-def container_request(task: opb.Task, node_hostname: str) -> epb.CreateContainerRequest:
+def missing_networks(task: opb.Task, node_networks: Collection[str]) -> list[str]:
+    """Ids of the task's networks that this node does not have (yet)."""
+    return [n.network_id for n in task.networks if n.network_id not in node_networks]
+
+
+def overlays(task: opb.Task) -> list[epb.OverlayAttachment]:
+    """One attachment per network of the task, in ``Task.networks`` order."""
+    return [epb.OverlayAttachment(network_id=n.network_id, address=n.addresses[0])
+            for n in task.networks if n.addresses]
+
+
+def container_request(task: opb.Task, node_hostname: str, dns: Sequence[str] = ()
+                      ) -> epb.CreateContainerRequest:
+    """``dns``: the node's service DNS, when it serves (the container's nameserver)."""
     c = task.spec.container
     limits = task.spec.resources.limits
 
@@ -65,5 +84,6 @@ def container_request(task: opb.Task, node_hostname: str) -> epb.CreateContainer
         hostname=x(c.hostname), volumes=volumes, tmpfs=tmpfs,
         memory_bytes=limits.memory_bytes, cpus=limits.nano_cpus / 1e9,
         pids_limit=limits.pids, network="bridge", labels=labels,
-        stop_signal=c.stop_signal, publish=publish,
+        stop_signal=c.stop_signal, publish=publish, overlays=overlays(task), dns=list(dns),
+        extra_hosts=list(c.extra_hosts),
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import copy
+import ipaddress
 import os
 import re
 import secrets
@@ -32,7 +33,12 @@ from pyswarm.common.paths import EngineConfig
 from pyswarm.common.units import parse_signal, parse_size
 from pyswarm.proto import engine_pb2 as pb
 from pyswarm.worker.engine.names import generate_name, validate_name
-from pyswarm.worker.engine.records import ContainerRecord, MountRecord, PortRecord
+from pyswarm.worker.engine.records import (
+    ContainerRecord,
+    MountRecord,
+    OverlayRecord,
+    PortRecord,
+)
 from pyswarm.worker.engine.volumes import VolumeStore, parse_volume_arg
 from pyswarm.worker.images.store import Image, ImageStore
 from pyswarm.worker.network.node import NodeNetwork
@@ -157,6 +163,10 @@ class Engine:
         bindings = [parse_publish(p) for p in req.publish]
         if bindings and network != "bridge":
             raise InvalidArgument(f"published ports need the bridge network, not {network}")
+        if req.overlays and network != "bridge":
+            raise InvalidArgument(f"overlay networks need the bridge network, not {network}")
+        dns_servers = [_check_dns(s) for s in req.dns]
+        extra_hosts = [_host_line(h) for h in req.extra_hosts]
         stop_signal = parse_signal(req.stop_signal) if req.stop_signal else signal.SIGTERM
         log = LogConfig(
             max_size=req.log_max_size if req.log_max_size > 0 else LogConfig.max_size,
@@ -187,7 +197,8 @@ class Engine:
                 pids_limit=resources.pids_limit or 0, cpu_shares=resources.cpu_shares or 0,
                 stop_signal=int(stop_signal), auto_remove=req.auto_remove,
                 labels=dict(req.labels), log_max_size=log.max_size,
-                log_max_files=log.max_files, state="creating",
+                log_max_files=log.max_files, state="creating", dns=list(dns_servers),
+                extra_hosts=list(req.extra_hosts),
             )
             self._records[cid] = record
         undo.callback(self._forget, cid)
@@ -210,6 +221,11 @@ class Engine:
                     PortRecord(b.host_ip, b.host_port, b.container_port, b.proto)
                     for b in published
                 ]
+            if req.overlays:
+                endpoints = self.network.attach_overlays(
+                    cid, [(o.network_id, o.address) for o in req.overlays])
+                record.overlays = [OverlayRecord(e.network_id, e.address, e.ifname)
+                                   for e in endpoints]
         spec = ContainerSpec(
             id=cid,
             hostname=record.hostname,
@@ -227,6 +243,8 @@ class Engine:
             netns_path=netns_path,
             log=log,
             stop_signal=int(stop_signal),
+            extra_hosts=tuple(extra_hosts),
+            dns_servers=tuple(dns_servers),
             cgroup_parent=self.cfg.cgroup_parent,
         )
         return record, spec
@@ -441,6 +459,26 @@ class Engine:
             cwd=start.workdir or record.workdir,
             user=start.user or record.user,
         )
+
+def _check_dns(server: str) -> str:
+    try:
+        return str(ipaddress.ip_address(server))
+    except ValueError:
+        raise InvalidArgument(f'invalid dns server "{server}": not an IP address') from None
+
+
+def _host_line(entry: str) -> str:
+    """An extra_hosts entry "host:ip" (Docker's --add-host) as an /etc/hosts line."""
+    host, sep, ip = entry.partition(":")
+    if not sep or not host or any(c.isspace() for c in host):
+        raise InvalidArgument(f'invalid extra_hosts entry "{entry}": expected host:ip')
+    try:
+        address = ipaddress.ip_address(ip.strip("[]"))
+    except ValueError:
+        raise InvalidArgument(f'invalid extra_hosts entry "{entry}": "{ip}" is not an IP '
+                              f"address") from None
+    return f"{address}\t{host}"
+
 
 def apply_changes(config: dict[str, Any], changes: list[str]) -> dict[str, Any]:
     """``commit -c``: Dockerfile instructions that change only the config (CMD, ENV, ...)

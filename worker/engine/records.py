@@ -32,6 +32,15 @@ class MountRecord:
 
 
 @dataclass
+class OverlayRecord:
+    """The container's interface on an overlay network (cluster tasks)."""
+
+    network_id: str
+    address: str  # CIDR
+    ifname: str  # eth1, eth2, ...
+
+
+@dataclass
 class ContainerRecord:
     id: str
     name: str
@@ -54,6 +63,9 @@ class ContainerRecord:
     ports: list[PortRecord] = field(default_factory=list)
     mounts: list[MountRecord] = field(default_factory=list)
     ip_address: str = ""
+    overlays: list[OverlayRecord] = field(default_factory=list)
+    dns: list[str] = field(default_factory=list)
+    extra_hosts: list[str] = field(default_factory=list)  # "host:ip", as asked
     log_max_size: int = 0
     log_max_files: int = 0
     # Observed.
@@ -74,6 +86,7 @@ class ContainerRecord:
         values = {k: v for k, v in data.items() if k in known}
         values["ports"] = [PortRecord(**p) for p in values.get("ports", [])]
         values["mounts"] = [MountRecord(**m) for m in values.get("mounts", [])]
+        values["overlays"] = [OverlayRecord(**o) for o in values.get("overlays", [])]
         return cls(**values)
 
     def save(self, bundle: Path) -> None:

@@ -97,31 +97,62 @@ def plumb(
         thread.enter(netns_path)  # a half-made attach: reuse the namespace
     try:
         with IPRoute() as ns:  # its socket is opened in the container's namespace
-            if fresh or not ns.link_lookup(ifname=CONTAINER_IFNAME):
-                nsfd = os.open(netns_path, os.O_RDONLY)
-                try:
-                    host.link(
-                        "add",
-                        ifname=veth_host,
-                        kind="veth",
-                        master=bridge_index,
-                        state="up",
-                        peer={
-                            "ifname": CONTAINER_IFNAME,
-                            "address": mac_for(str(address.ip)),
-                            "net_ns_fd": nsfd,
-                        },
-                    )
-                finally:
-                    os.close(nsfd)
-            eth0 = ns.link_lookup(ifname=CONTAINER_IFNAME)[0]
-            prefixlen = address.network.prefixlen
-            ns.addr("replace", index=eth0, address=str(address.ip), prefixlen=prefixlen)
+            eth0 = _veth_into(host, ns, netns_path, veth_host, CONTAINER_IFNAME, bridge_index,
+                              address, mtu=None)
             ns.link("set", index=1, state="up")  # lo is always index 1 in a new namespace
             ns.link("set", index=eth0, state="up")
             ns.route("replace", dst="0.0.0.0/0", gateway=gateway)
     finally:
         thread.leave()
+
+
+def plumb_more(
+    thread: NetnsThread,
+    host: IPRoute,
+    netns_path: Path,
+    interfaces: list[tuple[str, str, int, ipaddress.IPv4Interface]],
+    mtu: int,
+) -> None:
+    """More interfaces into an existing namespace: (veth_host, ifname, bridge index, address)
+    each, with ``mtu`` on both ends and no route but the subnet's own. On the thread."""
+    thread.enter(netns_path)
+    try:
+        with IPRoute() as ns:
+            for veth_host, ifname, bridge_index, address in interfaces:
+                index = _veth_into(host, ns, netns_path, veth_host, ifname, bridge_index,
+                                   address, mtu=mtu)
+                ns.link("set", index=index, state="up")
+    finally:
+        thread.leave()
+
+
+def _veth_into(
+    host: IPRoute,
+    ns: IPRoute,
+    netns_path: Path,
+    veth_host: str,
+    ifname: str,
+    bridge_index: int,
+    address: ipaddress.IPv4Interface,
+    mtu: int | None,
+) -> int:
+    """A veth pair: ``veth_host`` on the bridge (up), ``ifname`` in the namespace with the
+    address and its MAC; made in one request unless ``ifname`` is there already. Its index."""
+    if not ns.link_lookup(ifname=ifname):
+        nsfd = os.open(netns_path, os.O_RDONLY)
+        try:
+            peer: dict[str, object] = {
+                "ifname": ifname, "address": mac_for(str(address.ip)), "net_ns_fd": nsfd}
+            extra: dict[str, object] = {}
+            if mtu is not None:
+                peer["mtu"] = extra["mtu"] = mtu
+            host.link("add", ifname=veth_host, kind="veth", master=bridge_index, state="up",
+                      peer=peer, **extra)
+        finally:
+            os.close(nsfd)
+    index = int(ns.link_lookup(ifname=ifname)[0])
+    ns.addr("replace", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
+    return index
 
 
 class LinkReaper:

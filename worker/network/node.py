@@ -33,6 +33,13 @@ published ports in the kernel's nft rules; the veth name and MAC derive from the
 address. So a restarted daemon finds every attachment and published port of the containers
 that kept running, and ``attach`` of an attached id returns what exists.
 
+Overlays (overlay.py) are more bridges of this node, one per overlay network; a cluster task
+gets one more interface per network it is on (``attach_overlays``: eth1, eth2, ... MTU 1450,
+no default route, so traffic to service VIPs leaves by eth0 to this host's load balancer).
+Which networks each container is on is kept in ``overlays/<id>.json`` beside the IPAM file,
+written before the links are made so that ``detach`` always knows what to remove; the
+service DNS (dns.py) reads it to tell which names a querying container may see.
+
 Threads: netlink work runs on one dedicated thread (netns.py), which may step into container
 namespaces; nothing forks. Public methods are safe to call from any thread.
 """
@@ -41,25 +48,28 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import os
 import re
 import socket
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from pyroute2 import IPRoute
 
-from pyswarm.common.errors import Conflict, InvalidArgument, RuntimeFailure
+from pyswarm.common.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
 from pyswarm.common.paths import EngineConfig
-from pyswarm.worker.network import firewall, links, netns, rules
+from pyswarm.worker.network import firewall, links, netns, overlay, rules
 from pyswarm.worker.network.ipam import IpamStore, gateway_of
 from pyswarm.worker.network.nft import Nft
 from pyswarm.worker.network.ports import PortBinding
 
 _ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]{0,127}")
 _IFNAME = re.compile(r"[0-9A-Za-z_.-]{1,15}")
+T = TypeVar("T")
 # Random host ports come from the kernel's ephemeral range; retry when it offers one that an
 # existing rule already claims (the kernel knows nothing of DNAT rules).
 _PICK_ATTEMPTS = 32
@@ -75,8 +85,23 @@ class Attachment:
     veth_host: str
 
 
+@dataclass(frozen=True)
+class OverlayEndpoint:
+    """A container's interface on an overlay network."""
+
+    network_id: str
+    address: str  # CIDR, as the manager allocated it
+    ifname: str  # in the container: eth1, eth2, ...
+    veth_host: str  # on the overlay's bridge
+
+
 def veth_name(container_id: str) -> str:
     return "psw" + container_id[:8]
+
+
+def overlay_veth_name(container_id: str, position: int) -> str:
+    """Host side of the container's eth<position> (1-based): ``psv`` + 8 + digits <= 15."""
+    return f"psv{container_id[:8]}{position}"
 
 
 class NodeNetwork:
@@ -95,6 +120,12 @@ class NodeNetwork:
         self._host: IPRoute | None = None  # used on the netns thread only
         self._bridge_index = 0
         self._reaper: links.LinkReaper | None = None
+        self.overlays = overlay.OverlayNetworks(cfg.bridge, self._netlink, self._lock)
+        self.overlays_dir = cfg.network_dir / "overlays"
+        # The address the node's service DNS answers on, once it serves (set by
+        # overlay_sync.py); empty: containers keep the host's resolvers.
+        self.service_dns = ""
+        self._members: dict[str, tuple[str, ...]] | None = None  # bridge IP -> network ids
 
     # ---- node-wide -------------------------------------------------------------------
 
@@ -116,16 +147,22 @@ class NodeNetwork:
             ids = set(self.ipam.leases())
             for path in self.netns_dir.glob("*") if self.netns_dir.is_dir() else []:
                 ids.add(path.name)
+            if self.overlays_dir.is_dir():
+                ids.update(path.stem for path in self.overlays_dir.glob("*.json"))
             for container_id in sorted(ids):
                 self.detach(container_id)
             self.settle()
-            if self._thread is not None or _link_exists(self.cfg.bridge):
-                thread = self._ensure_thread()
-                thread.call(self._remove_bridge)
+            self.overlays.teardown()
+            thread = self._ensure_thread()
+            thread.call(self._remove_bridge)
             self._nft.run(rules.delete_table_script(self.cfg.nft_table))
             firewall.remove(self.cfg.bridge)
             if self.netns_dir.is_dir():
                 netns.remove_dir(self.netns_dir)
+            if self.overlays_dir.is_dir():
+                for path in self.overlays_dir.iterdir():
+                    path.unlink(missing_ok=True)
+                self.overlays_dir.rmdir()
             for name in ("ipam.json", "ipam.lock"):
                 (self.cfg.network_dir / name).unlink(missing_ok=True)
 
@@ -179,9 +216,102 @@ class NodeNetwork:
         with self._lock:
             self.unpublish(container_id)
             netns.remove(self._netns_path(container_id))
-            if _link_exists(veth_name(container_id)):
-                self._ensure_reaper().delete(veth_name(container_id))
+            # The reaper skips names that do not exist; /sys/class/net cannot tell, as it
+            # shows the links of the namespace /sys was mounted in, not of this process.
+            reaper = self._ensure_reaper()
+            reaper.delete(veth_name(container_id))
+            for endpoint in self.overlay_endpoints(container_id):
+                reaper.delete(endpoint.veth_host)
+            self._overlay_file(container_id).unlink(missing_ok=True)
             self.ipam.release(container_id)
+            self._members = None
+
+    # ---- overlay networks ------------------------------------------------------------
+
+    def attach_overlays(
+        self, container_id: str, overlays: Sequence[tuple[str, str]]
+    ) -> list[OverlayEndpoint]:
+        """Give an attached container one interface per (network id, CIDR address), eth1
+        onwards, on the overlays' bridges. The networks must be on this node (NotFound)."""
+        _check_id(container_id)
+        with self._lock:
+            att = self.attachment(container_id)
+            if att is None:
+                raise RuntimeFailure(f"container {container_id[:12]} has no network namespace")
+            plan: list[tuple[str, str, int, ipaddress.IPv4Interface]] = []
+            endpoints: list[OverlayEndpoint] = []
+            bridges: dict[str, int] = {}
+            seen: set[str] = set()
+            for i, (network_id, cidr) in enumerate(overlays):
+                where = f"overlays[{i}]"
+                if network_id in seen:
+                    raise InvalidArgument(f"{where}: network {network_id} is listed twice")
+                seen.add(network_id)
+                bridge, spec = self.overlays.bridge_for(network_id)
+                address = _overlay_address(cidr, spec.subnet, where)
+                if spec.address is not None and address.ip == spec.address.ip:
+                    raise InvalidArgument(
+                        f"{where}.address: {address.ip} is this node's own address on "
+                        f"network {spec.name}")
+                endpoint = OverlayEndpoint(network_id, str(address), f"eth{i + 1}",
+                                           overlay_veth_name(container_id, i + 1))
+                endpoints.append(endpoint)
+                if bridge not in bridges:
+                    bridges[bridge] = self._netlink(_link_index, bridge)
+                plan.append((endpoint.veth_host, endpoint.ifname, bridges[bridge], address))
+            if not endpoints:
+                return []
+            self._write_overlays(container_id, endpoints)  # before the links: detach finds them
+            self._members = None
+            thread = self._ensure_thread()
+            for endpoint in endpoints:
+                if self._reaper is not None:
+                    self._reaper.wait(endpoint.veth_host)
+            try:
+                thread.call(links.plumb_more, thread, self._ipr(), Path(att.netns_path), plan,
+                            overlay.MTU)
+            except Exception as e:
+                if isinstance(e, RuntimeFailure):
+                    raise
+                raise RuntimeFailure(
+                    f"cannot attach {container_id[:12]} to its overlay networks: {e}") from e
+            return endpoints
+
+    def overlay_endpoints(self, container_id: str) -> list[OverlayEndpoint]:
+        """The container's overlay interfaces, as recorded (none if it has none)."""
+        try:
+            data = json.loads(self._overlay_file(container_id).read_text())
+            return [OverlayEndpoint(**item) for item in data]
+        except (OSError, ValueError, TypeError):
+            return []
+
+    def networks_of(self, ip: str) -> tuple[str, ...]:
+        """The overlay networks of the container whose eth0 has ``ip`` (in eth1.. order)."""
+        members = self._members
+        if members is None:
+            members = {}
+            for container_id, address in self.ipam.leases().items():
+                found = self.overlay_endpoints(container_id)
+                if found:
+                    members[address] = tuple(e.network_id for e in found)
+            self._members = members
+        return members.get(ip, ())
+
+    def _overlay_file(self, container_id: str) -> Path:
+        return self.overlays_dir / f"{container_id}.json"
+
+    def _write_overlays(self, container_id: str, endpoints: list[OverlayEndpoint]) -> None:
+        self.overlays_dir.mkdir(parents=True, exist_ok=True)
+        path = self._overlay_file(container_id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([asdict(e) for e in endpoints]))
+        os.replace(tmp, path)
+
+    def _netlink(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(host socket, *args)`` on the netns thread (overlay.py's netlink runner)."""
+        with self._lock:
+            thread = self._ensure_thread()
+            return thread.call(fn, self._ipr(), *args)
 
     # ---- published ports -------------------------------------------------------------
 
@@ -298,6 +428,28 @@ class NodeNetwork:
         self._bridge_index = 0
 
 
+def _link_index(ipr: IPRoute, name: str) -> int:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise NotFound(f"link {name} does not exist")
+    return int(found[0])
+
+
+def _overlay_address(cidr: str, subnet: ipaddress.IPv4Network, where: str
+                     ) -> ipaddress.IPv4Interface:
+    try:
+        address = ipaddress.IPv4Interface(cidr)
+    except ValueError:
+        raise InvalidArgument(f"{where}.address: {cidr!r} is not an IPv4 address") from None
+    if "/" not in cidr:
+        address = ipaddress.IPv4Interface(f"{address.ip}/{subnet.prefixlen}")
+    if address.network != subnet:
+        raise InvalidArgument(f"{where}.address: {cidr} is not in the network's subnet {subnet}")
+    if address.ip in (subnet.network_address, subnet.broadcast_address):
+        raise InvalidArgument(f"{where}.address: {cidr} is not a host address")
+    return address
+
+
 def _check_id(container_id: str) -> None:
     if not _ID.fullmatch(container_id):
         raise InvalidArgument(f"invalid container id {container_id!r}")
@@ -371,6 +523,3 @@ def _sysctl(key: str, value: str) -> None:
     except OSError as e:
         raise RuntimeFailure(f"cannot set {key.replace('/', '.')}={value}: {e}") from e
 
-
-def _link_exists(name: str) -> bool:
-    return os.path.exists(f"/sys/class/net/{name}")
