@@ -84,6 +84,7 @@ from pyswarm.worker.network.lb_nft import (
     VipState,
     VirtualIP,
     base_script,
+    off_loop,
     overlays_script,
     parse_overlays,
     parse_services,
@@ -368,10 +369,13 @@ def allow_loopback_sources(addresses: Iterable[str]) -> None:
         return
     from pyroute2 import IPRoute  # lazily: only nodes on overlays need it
 
-    with IPRoute() as ipr:
-        names = {str(ipr.get_links(a["index"])[0].get_attr("IFLA_IFNAME"))
-                 for a in ipr.get_addr(family=socket.AF_INET)
-                 if a.get_attr("IFA_ADDRESS") in wanted}
+    def holders() -> set[str]:
+        with IPRoute() as ipr:
+            return {str(ipr.get_links(a["index"])[0].get_attr("IFLA_IFNAME"))
+                    for a in ipr.get_addr(family=socket.AF_INET)
+                    if a.get_attr("IFA_ADDRESS") in wanted}
+
+    names = off_loop(holders)
     for name in sorted(names):
         path = Path("/proc/sys/net/ipv4/conf") / name / "route_localnet"
         try:

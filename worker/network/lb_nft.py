@@ -45,9 +45,12 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 PORTS_MAP = "lb_ports"
 REFUSED_SET = "lb_refused"
@@ -100,6 +103,17 @@ class VirtualIP:
 
 ServiceState = tuple[list[ServicePort], list[Backend]]
 VipState = tuple[VirtualIP, list[Backend]]
+
+
+def off_loop(call: Callable[[], T]) -> T:
+    """Run ``call`` in a thread of its own and wait for it.
+
+    pyroute2's synchronous sockets run an event loop of their own, which fails in a thread
+    whose asyncio loop is running (the agent's): the load balancer may be called from there.
+    The new thread stands in the caller's network namespace.
+    """
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(call).result()
 
 
 def service_key(service_id: str) -> str:

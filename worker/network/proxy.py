@@ -44,7 +44,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pyswarm.common.errors import Conflict, RuntimeFailure
-from pyswarm.worker.network.lb_nft import Backend, ServicePort, ServiceState, VipState, VirtualIP
+from pyswarm.worker.network.lb_nft import (
+    Backend,
+    ServicePort,
+    ServiceState,
+    VipState,
+    VirtualIP,
+    off_loop,
+)
 
 log = logging.getLogger(__name__)
 
@@ -279,11 +286,14 @@ def _local_route(command: str, addr: str) -> None:
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    try:
+    def change() -> None:
         with IPRoute() as ipr:
             lo = ipr.link_lookup(ifname="lo")[0]
             ipr.route(command, dst=f"{addr}/32", type="local", table=255, oif=lo,
                       scope="host")
+
+    try:
+        off_loop(change)
     except NetlinkError as e:
         if command == "del" and e.code in (errno.ESRCH, errno.ENOENT):
             return  # already gone
