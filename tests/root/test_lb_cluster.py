@@ -239,7 +239,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str
                     sh("nsenter", f"--net={att['netns']}", "ip", *cmd)
                 started.append(subprocess.Popen(
                     ["nsenter", f"--net={att['netns']}", sys.executable, "-c", _RESPONDER,
-                     task], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                     task], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True))
                 node.tasks[task] = {
                     "id": task, "service": "web", "ip": att["ip"], "desired": "running",
                     "networks": {INGRESS_ID: f"{TASK_OVERLAY[task]}/24"},

@@ -3,7 +3,7 @@
 Three "containers" (namespaces attached to a test bridge) run ``busybox httpd`` serving a page
 that names them. Traffic goes only to loopback and to namespaces these tests create: a
 "client" namespace stands for another machine, reaching the host over a veth pair
-(198.18.98.0/30).
+(a /30 of 198.19.0.0/16 unique to the run).
 """
 
 from __future__ import annotations
@@ -27,13 +27,19 @@ from pyswarm.common.paths import EngineConfig
 from pyswarm.worker.network.lb import Backend, ServiceLB, ServicePort
 from pyswarm.worker.network.node import Attachment, NodeNetwork
 from pyswarm.worker.network.ports import parse_publish
+from tests.engine_fixtures import RUN_TOKEN
 from tests.netns_fixtures import client_namespace, sh
 
 pytestmark = pytest.mark.root
 
-BRIDGE, TABLE, SUBNET = "pswtl0", "pyswarm_tlb", "10.213.251.0/24"
-CLIENT_NS, CLIENT_VETH = "pswtl-client", "pswtlc0"
-HOST_SIDE, CLIENT_SIDE = "198.18.98.1", "198.18.98.2"
+# Unique to this test run (two runs on one machine must not tear down each other's).
+_SLOT = (RUN_TOKEN * 16 + 15) % 4096  # engine_env's slot 15, which no daemon of ours uses
+BRIDGE, TABLE = f"pswtl{RUN_TOKEN:03x}", f"pyswarm_tlb{RUN_TOKEN:03x}"
+SUBNET_PREFIX = f"10.{216 + _SLOT // 256}.{_SLOT % 256}."
+SUBNET = SUBNET_PREFIX + "0/24"
+CLIENT_NS, CLIENT_VETH = f"pswtl-client{RUN_TOKEN:03x}", f"pswtlc{RUN_TOKEN:03x}"
+# test_lb_cluster.py takes .0/30 and .4/30 of the same /24.
+HOST_SIDE, CLIENT_SIDE = f"198.19.{RUN_TOKEN % 256}.9", f"198.19.{RUN_TOKEN % 256}.10"
 IDS = ["c0" * 32, "c1" * 32, "c2" * 32]
 NAMES = ["backend-0", "backend-1", "backend-2"]
 PORT = 18180
@@ -232,7 +238,7 @@ def test_backend_sees_client_address_without_masquerade(
         return set(get_many(host, PORT, 4, netns, raw=True))
 
     # Both echo servers listening (a refused connection means one is still starting).
-    wait_until(lambda: all(p.startswith("10.213.251.") for p in peers(gateway)))
+    wait_until(lambda: all(p.startswith(SUBNET_PREFIX) for p in peers(gateway)))
     assert peers(HOST_SIDE, client) == {CLIENT_SIDE}  # the real client address: DNAT only
     assert peers("127.0.0.1") == {gateway}  # loopback is masqueraded
     assert peers(gateway, atts[0].netns_path) == {gateway}  # hairpin is masqueraded
@@ -355,7 +361,7 @@ def test_set_service_latency(make_lb: MakeLB) -> None:
     ports = [ServicePort("tcp", PORT, 80), ServicePort("udp", PORT, 53)]
     times = []
     for i in range(30):
-        backends = [Backend(f"10.213.251.{10 + i + j}", f"task{i}-{j}") for j in range(10)]
+        backends = [Backend(f"{SUBNET_PREFIX}{10 + i + j}", f"task{i}-{j}") for j in range(10)]
         started = time.perf_counter()
         lb.set_service("web", ports, backends)
         times.append(time.perf_counter() - started)
