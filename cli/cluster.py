@@ -1,4 +1,5 @@
-"""Cluster commands: init, deploy, stack, service and node — the Control API, docker's way.
+"""Cluster commands: init, join, join-token, deploy, stack, service and node — the Control
+API, docker's way.
 
 Every command reads or writes through a manager's Control service (on the local daemon's
 socket) and renders the answer; the manager decides everything. The one thing done here is
@@ -103,18 +104,48 @@ def _key_values(items: Iterable[str], flag: str) -> dict[str, str]:
 
 
 def cmd_init(a: argparse.Namespace) -> int:
-    answer = _call(control().Init, _pb().InitRequest(store_url=a.store,
-                                                     advertise_addr=a.advertise_addr))
+    stub = control()
+    answer = _call(stub.Init, _pb().InitRequest(store_url=a.store, advertise_addr=a.advertise_addr,
+                                                listen_addr=a.listen_addr))
     print(f"Swarm initialized: current node ({answer.node_id}) is now a manager.\n")
+    try:
+        tokens = stub.JoinTokens(_pb().JoinTokensRequest())
+        print(_join_instructions("worker", tokens.worker, tokens.manager_addr))
+    except Exception:
+        print("To add a worker to this swarm, run 'pyswarm join-token worker' and follow the "
+              "instructions.\n")
+    print("To add a manager to this swarm, run 'pyswarm join-token manager' and follow the "
+          "instructions.\n")
     print("To deploy a stack on it, run:\n\n    pyswarm deploy stack.yml\n")
-    print("To see its nodes and services: 'pyswarm node ls', 'pyswarm service ls'.")
     return 0
 
 
+def _join_instructions(role: str, token: str, addr: str) -> str:
+    return (f"To add a {role} to this swarm, run the following command:\n\n"
+            f"    pyswarm join --token {token} {addr}\n")
+
+
 def cmd_join(a: argparse.Namespace) -> int:
-    addr = a.manager if "://" in a.manager else f"unix://{Path(a.manager).resolve()}"
-    answer = _call(control().Join, _pb().JoinRequest(addr=addr))
-    print(f"This node ({answer.node_id}) joined the cluster as a worker.")
+    answer = _call(control().Join, _pb().JoinRequest(
+        addr=a.manager, token=a.token, advertise_addr=a.advertise_addr,
+        listen_addr=a.listen_addr))
+    print(f"This node joined a swarm as a {answer.role or 'worker'}.")
+    if answer.role == "manager":
+        print("It is registered as a manager; until several manager processes can run (HA), "
+              "it runs tasks as a worker does.")
+    return 0
+
+
+def cmd_join_token(a: argparse.Namespace) -> int:
+    answer = _call(control().JoinTokens, _pb().JoinTokensRequest(
+        rotate=a.role if a.rotate else ""))
+    token = answer.worker if a.role == "worker" else answer.manager
+    if a.quiet:
+        print(token)
+        return 0
+    if a.rotate:
+        print(f"Successfully rotated {a.role} join token.\n")
+    print(_join_instructions(a.role, token, answer.manager_addr))
     return 0
 
 
@@ -665,6 +696,40 @@ def cmd_node_rm(a: argparse.Namespace) -> int:
     return _each(a.nodes, lambda ref: stub.RemoveNode(_pb().RemoveRequest(id=ref, force=a.force)))
 
 
+def _set_role(a: argparse.Namespace, role: str) -> int:
+    """promote/demote: Docker's messages, one line per node; non-zero if any failed."""
+    stub = control()
+    ob = _objects()
+    wanted = ob.NodeRole.Value(f"NODE_ROLE_{role.upper()}")
+    failed = False
+    for ref in a.nodes:
+        try:
+            node = stub.GetNode(_pb().GetRequest(id=ref))
+            if node.role == wanted and node.spec.desired_role == wanted:
+                print(f"Node {ref} is already a {role}.")
+                continue
+            spec = ob.NodeSpec()
+            spec.CopyFrom(node.spec)
+            spec.desired_role = wanted
+            stub.UpdateNode(_pb().UpdateNodeRequest(id=node.id, version=node.meta.version,
+                                                    spec=spec))
+        except Exception as exc:
+            print(exc if isinstance(exc, CLIError) else _explain(exc), file=sys.stderr)
+            failed = True
+            continue
+        print(f"Node {ref} promoted to a manager in the swarm." if role == "manager"
+              else f"Manager {ref} demoted in the swarm.")
+    return 1 if failed else 0
+
+
+def cmd_node_promote(a: argparse.Namespace) -> int:
+    return _set_role(a, "manager")
+
+
+def cmd_node_demote(a: argparse.Namespace) -> int:
+    return _set_role(a, "worker")
+
+
 # ---- the parser ---------------------------------------------------------------------
 
 class Formatter(argparse.HelpFormatter):
@@ -861,7 +926,8 @@ def _register_service(sub: Any) -> None:
 
 
 def _register_node(sub: Any) -> None:
-    node = sub.add_parser("node", help="manage the cluster's nodes (ls, inspect, update, rm)",
+    node = sub.add_parser("node", help="manage the cluster's nodes (ls, inspect, update, rm, "
+                          "promote, demote)",
                           description="Manage the cluster's nodes.", formatter_class=Formatter,
                           epilog="example: pyswarm node update --availability drain node2")
     nsub = node.add_subparsers(dest="node_command", metavar="COMMAND", required=True,
@@ -891,36 +957,77 @@ def _register_node(sub: Any) -> None:
     p.add_argument("node", metavar="NODE")
     p.set_defaults(func=cmd_node_update)
 
-    p = nsub.add_parser("rm", help="remove nodes from the cluster",
+    p = nsub.add_parser("rm", help="remove nodes from the cluster", formatter_class=Formatter,
+                        description="Remove nodes from the swarm: their certificates are refused "
+                        "from then on and their tasks are replaced on other nodes. A node that "
+                        "is not down needs --force; a manager must be demoted first.",
                         epilog="example: pyswarm node rm --force node3")
     p.add_argument("-f", "--force", action="store_true", help="even if it is not down")
     p.add_argument("nodes", nargs="+", metavar="NODE")
     p.set_defaults(func=cmd_node_rm)
 
+    p = nsub.add_parser("promote", help="make nodes managers", formatter_class=Formatter,
+                        description="Promote nodes to managers. Needs a store that several "
+                        "managers can share (pyswarm init --store etcd://...).",
+                        epilog="example: pyswarm node promote node2")
+    p.add_argument("nodes", nargs="+", metavar="NODE")
+    p.set_defaults(func=cmd_node_promote)
+
+    p = nsub.add_parser("demote", help="make managers workers",
+                        description="Demote managers to workers; the last manager cannot be "
+                        "demoted.", epilog="example: pyswarm node demote node2")
+    p.add_argument("nodes", nargs="+", metavar="NODE")
+    p.set_defaults(func=cmd_node_demote)
+
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("join", help="make this node a worker of a cluster",
+    p = sub.add_parser("join", help="join this node to a swarm as a worker or manager",
                        formatter_class=Formatter,
-                       description="Join this node's daemon to the cluster of a manager. Today "
-                       "the manager must be a daemon on this machine, named by its socket "
-                       "(several nodes on one machine, as the tests and the lab run them); "
-                       "joins over the network with a token come with multi-node support.",
-                       epilog="example:\n  pyswarm join /run/pyswarm-manager/pyswarm.sock")
-    p.add_argument("manager", metavar="MANAGER",
-                   help="the manager daemon's socket: PATH or unix:///PATH")
+                       description="Join this node's daemon to the swarm of a manager, with a "
+                       "token printed by 'pyswarm join-token' on that manager (docker swarm "
+                       "join). The daemon checks the manager's root CA against the token, gets "
+                       "a certificate for this node and keeps a mutual-TLS session with the "
+                       "manager from then on, across restarts.",
+                       epilog="example:\n  pyswarm join --token PSWMTKN-1-... 192.168.1.10:2377")
+    p.add_argument("--token", required=True, help="the worker or manager join token")
+    p.add_argument("--advertise-addr", default="", metavar="IP",
+                   help="the address other nodes reach this node at (default: this node's "
+                   "address on its connection to the manager)")
+    p.add_argument("--listen-addr", default="", metavar="IP:PORT",
+                   help="managers only: where to serve other nodes (default 0.0.0.0:2377)")
+    p.add_argument("manager", metavar="MANAGER[:PORT]",
+                   help="the manager's address; the port defaults to 2377")
     p.set_defaults(func=cmd_join)
+
+    p = sub.add_parser("join-token", help="print (or rotate) the swarm's join tokens",
+                       formatter_class=Formatter,
+                       description="Print the command that joins a node as a worker or manager. "
+                       "--rotate replaces the token first: the old one no longer admits "
+                       "anyone (nodes already joined are not affected).",
+                       epilog="examples:\n  pyswarm join-token worker\n"
+                       "  pyswarm join-token -q manager\n  pyswarm join-token --rotate worker")
+    p.add_argument("-q", "--quiet", action="store_true", help="only the token")
+    p.add_argument("--rotate", action="store_true", help="replace the token first")
+    p.add_argument("role", choices=["worker", "manager"])
+    p.set_defaults(func=cmd_join_token)
 
     p = sub.add_parser("init", help="make this node the first manager of a new cluster",
                        formatter_class=Formatter,
                        description="Turn this node's daemon into the manager of a new cluster "
-                       "(docker swarm init). It keeps running tasks too, unless drained.",
+                       "(docker swarm init): it creates the cluster's root CA and join tokens "
+                       "and serves other nodes on its TLS port. It keeps running tasks too, "
+                       "unless drained.",
                        epilog="examples:\n  pyswarm init\n"
+                       "  pyswarm init --advertise-addr 10.0.0.2 --listen-addr 10.0.0.2:2377\n"
                        "  pyswarm init --store etcd://10.0.0.5:2379 --advertise-addr 10.0.0.2")
     p.add_argument("--store", default="", metavar="URL",
                    help='where the cluster state lives: "sqlite" (default, embedded) or '
                    "etcd://HOST:PORT[,HOST:PORT]")
-    p.add_argument("--advertise-addr", default="", metavar="ADDR",
-                   help="the address other nodes reach this manager at")
+    p.add_argument("--advertise-addr", default="", metavar="IP",
+                   help="the address other nodes reach this manager at (default: the address "
+                   "of the interface holding the default route)")
+    p.add_argument("--listen-addr", default="", metavar="IP[:PORT]",
+                   help="where the manager serves other nodes (default 0.0.0.0:2377)")
     p.set_defaults(func=cmd_init)
     _register_deploy(sub)
     _register_stack(sub)

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from google.protobuf.message import Message
 
 from pyswarm.common import taskstate
-from pyswarm.common.errors import Conflict, InvalidArgument, NotFound
+from pyswarm.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from pyswarm.manager import validate
 from pyswarm.manager.allocator.validate import check_deploy
 from pyswarm.manager.loops.tasks import copy, new_id
+from pyswarm.manager.security.ca import ONE_MANAGER
 from pyswarm.manager.store import ReadTx, VersionConflict, WriteTx
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
@@ -53,20 +54,57 @@ def _check_version(obj: Message, version: int, kind: str) -> None:
 # ---- nodes -----------------------------------------------------------------------------
 
 
-def update_node(tx: WriteTx, ref: str, version: int, spec: opb.NodeSpec) -> opb.Node:
+@dataclass(frozen=True)
+class Roles:
+    """What a role change must know: the node this manager runs on, and whether the store
+    lets the cluster have several managers (etcd) or only this one (sqlite)."""
+
+    self_id: str = ""
+    multi_manager: bool = True
+
+
+def update_node(tx: WriteTx, ref: str, version: int, spec: opb.NodeSpec,
+                roles: Roles | None = None) -> opb.Node:
+    """Change a node's spec. A role change (promote/demote) takes effect at once in the
+    node's role; its certificate carries the new role from its next renewal."""
     node = copy(lookup(tx, "node", ref))
     _check_version(node, version, "node")
+    if spec.desired_role != node.role:
+        _check_role_change(tx, node, spec.desired_role, roles or Roles())
+        node.role = spec.desired_role
     node.spec.CopyFrom(spec)
     tx.update(node)
     return node
 
 
+def _check_role_change(tx: ReadTx, node: opb.Node, role: int, roles: Roles) -> None:
+    if role == opb.NODE_ROLE_MANAGER:
+        if not roles.multi_manager:
+            raise FailedPrecondition(f"cannot promote node {node.id}: {ONE_MANAGER}")
+        return
+    managers = [n for n in tx.all("node") if n.role == opb.NODE_ROLE_MANAGER]
+    if [n.id for n in managers] == [node.id]:
+        raise FailedPrecondition(f"cannot demote node {node.id}: it is the last manager of "
+                                 f"the swarm")
+    if node.id == roles.self_id:
+        raise FailedPrecondition(
+            f"cannot demote node {node.id}: it runs the manager serving this request, the "
+            f"only manager process of the swarm (running several comes with HA managers)")
+
+
 def remove_node(tx: WriteTx, ref: str, force: bool, self_id: str) -> str:
+    """Docker's rules: a manager must be demoted first; a node that is not down needs
+    --force. The removed node's certificate is refused from then on (security/authz.py) and
+    the orchestrator replaces its tasks, as for a node that went down."""
     node = lookup(tx, "node", ref)
     if node.id == self_id:
-        raise Conflict("this node is the manager: it cannot remove itself")
-    if node.status.state == opb.NODE_STATE_READY and not force:
-        raise Conflict(f"node {node.id} is not down and can't be removed (use --force)")
+        raise Conflict(f"node {node.id} is this manager: it cannot remove itself")
+    if node.role == opb.NODE_ROLE_MANAGER:
+        raise FailedPrecondition(f"node {node.id} is a manager: demote it first "
+                                 f"(pyswarm node demote {node.id})")
+    if node.status.state != opb.NODE_STATE_DOWN and not force:
+        raise FailedPrecondition(f"node {node.id} is not down and can't be removed (use "
+                                 f"--force to remove it anyway)")
     tx.delete("node", node.id)
     return str(node.id)
 

@@ -1,7 +1,10 @@
-"""gRPC servicers for the Control and Dispatcher APIs: translate, call one function, return.
+"""gRPC servicers for the Control, Dispatcher and NodeCA APIs: translate, call one function,
+return.
 
-Both are served by every node daemon; until the node is a manager they answer
-FAILED_PRECONDITION, so a client learns what to do ("pyswarm init").
+Control and Dispatcher are served by every node daemon on its Unix socket; until the node is
+a manager they answer FAILED_PRECONDITION, so a client learns what to do ("pyswarm init").
+A manager also serves all three on its TLS port, where security/guard.py checks each call's
+certificate first.
 """
 
 from __future__ import annotations
@@ -10,10 +13,14 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
+import grpc
+
 from pyswarm.common.errors import FailedPrecondition
 from pyswarm.common.rpc import user_errors
 from pyswarm.manager import control
 from pyswarm.manager.manager import Manager
+from pyswarm.manager.security import authz, ca
+from pyswarm.proto import ca_pb2, ca_pb2_grpc
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from pyswarm.proto import objects_pb2 as opb
@@ -31,6 +38,10 @@ class ManagerHost(Protocol):
     async def init_cluster(self, request: cpb.InitRequest) -> cpb.InitResponse: ...
 
     async def join(self, request: cpb.JoinRequest) -> cpb.JoinResponse: ...
+
+    def manager_addr(self) -> str:
+        """ADDR:PORT other nodes join this manager at."""
+        ...
 
     def log_stream(self, task: opb.Task, follow: bool, tail: int) -> AsyncIterator[Any]: ...
 
@@ -66,6 +77,18 @@ class ControlServicer(cpb_grpc.ControlServicer):
         return await self.host.join(request)
 
     @user_errors
+    async def JoinTokens(self, request: cpb.JoinTokensRequest,
+                         context: Any) -> cpb.JoinTokensResponse:
+        m = _manager(self.host)
+        if request.rotate:
+            cluster = await m.store.update(lambda tx: ca.rotate_token(tx, request.rotate))
+        else:
+            cluster = ca.cluster_of(m.store.view())
+        return cpb.JoinTokensResponse(worker=cluster.join_tokens.worker,
+                                      manager=cluster.join_tokens.manager,
+                                      manager_addr=self.host.manager_addr())
+
+    @user_errors
     async def Info(self, request: cpb.InfoRequest, context: Any) -> cpb.InfoResponse:
         m = self.host.manager
         if m is None:
@@ -95,8 +118,11 @@ class ControlServicer(cpb_grpc.ControlServicer):
 
     @user_errors
     async def UpdateNode(self, request: cpb.UpdateNodeRequest, context: Any) -> opb.Node:
+        m = _manager(self.host)
         return await _write(self.host, control.update_node, request.id, request.version,
-                            request.spec)
+                            request.spec, control.Roles(m.identity.node_id,
+                                                        ca.is_multi_manager(
+                                                            m.identity.store_url)))
 
     @user_errors
     async def RemoveNode(self, request: cpb.RemoveRequest, context: Any) -> cpb.RemoveResponse:
@@ -208,3 +234,51 @@ class DispatcherServicer(cpb_grpc.DispatcherServicer):
         return await _manager(self.host).dispatcher.update_task_status(request)
 
 
+
+
+def _denials(method: Callable[..., Any]) -> Callable[..., Any]:
+    """PermissionDenied as PERMISSION_DENIED (inside user_errors, which knows no such code)."""
+
+    async def guarded(self: Any, request: Any, context: Any) -> Any:
+        try:
+            return await method(self, request, context)
+        except ca.PermissionDenied as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+
+    guarded.__name__ = method.__name__
+    return guarded
+
+
+class NodeCAServicer(ca_pb2_grpc.NodeCAServicer):
+    """Certificates for nodes: new ones against a join token, renewals against the node's
+    own certificate (ca.proto)."""
+
+    def __init__(self, host: ManagerHost) -> None:
+        self.host = host
+
+    @user_errors
+    async def GetRootCACertificate(self, request: ca_pb2.GetRootCACertificateRequest,
+                                   context: Any) -> ca_pb2.GetRootCACertificateResponse:
+        cluster = ca.cluster_of(_manager(self.host).store.view())
+        return ca_pb2.GetRootCACertificateResponse(certificate=cluster.root_ca.ca_cert)
+
+    @user_errors
+    @_denials
+    async def IssueNodeCertificate(self, request: ca_pb2.IssueNodeCertificateRequest,
+                                   context: Any) -> ca_pb2.IssueNodeCertificateResponse:
+        m = _manager(self.host)
+        if request.token:
+            node, cert = await m.store.update(lambda tx: ca.admit(
+                tx, request.token, request.csr, request.hostname, m.identity.store_url))
+            print(f"pyswarm manager: node {node.id} ({request.hostname or '?'}) joined as a "
+                  f"{ca.ROLE_NAMES[node.role]}", flush=True)
+        else:
+            caller = authz.caller_of(dict(context.auth_context()))
+            if caller is None:
+                raise ca.PermissionDenied("a new node needs a join token; a renewal needs the "
+                                          "node's own certificate")
+            node, cert = ca.renew(m.store.view(), caller.node_id, request.csr)
+        view = m.store.view()
+        return ca_pb2.IssueNodeCertificateResponse(
+            node_id=node.id, role=ca.ROLE_NAMES[node.role], certificate=cert,
+            root_ca=ca.cluster_of(view).root_ca.ca_cert, cluster_id=m.identity.cluster_id)

@@ -1,9 +1,15 @@
 """The node's place in a cluster: the manager it may host and the agent it runs.
 
 `pyswarm init` makes this node the first manager of a new cluster (and, like Docker
-Swarm, a worker too): the manager's identity is written to `<root>/manager/cluster.json`
-and a daemon that finds it at boot starts the manager and the agent again. The node's id
-lives in `<root>/node_id` and never changes.
+Swarm, a worker too): the cluster's root CA and join tokens go to the store, the manager's
+identity to `<root>/manager/cluster.json` and its TLS port to `<root>/manager/endpoint.json`;
+a daemon that finds them at boot starts the manager, its TLS port and the agent again.
+
+`pyswarm join --token T ADDR` makes it a node of another manager's cluster: the daemon gets
+a certificate from that manager's NodeCA (membership.py), keeps it under
+`<root>/certificates/` with the manager's address in `<root>/join.json`, and runs its agent
+over mutual TLS; a restart resumes from those files. The node's id lives in `<root>/node_id`
+(for a joined node, the id the manager chose).
 """
 
 from __future__ import annotations
@@ -12,23 +18,60 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
 
-from pyswarm.common.errors import Conflict, InvalidArgument
+from pyswarm.common import pki
+from pyswarm.common.errors import Conflict, FailedPrecondition, InvalidArgument
 from pyswarm.common.paths import EngineConfig
 from pyswarm.manager.control import new_cluster_id
 from pyswarm.manager.manager import ClusterIdentity, Manager
+from pyswarm.manager.security import ca
+from pyswarm.manager.security.endpoint import TLSEndpoint, format_addr, parse_listen_addr
+from pyswarm.manager.security.guard import AuthInterceptor
+from pyswarm.manager.store import WriteTx
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
-from pyswarm.worker.agent.agent import Agent
+from pyswarm.worker import membership
+from pyswarm.worker.agent.agent import Agent, describe_node
 from pyswarm.worker.agent.lb_sync import LBSync
 from pyswarm.worker.engine.core import Engine
 from pyswarm.worker.engine.logs import LogLine, LogReader
 from pyswarm.worker.engine.service import LOG_POLL, ExitWatcher
+from pyswarm.worker.membership import JoinState, NodeCerts
 from pyswarm.worker.network.lb import ServiceLB
+
+RENEW_CHECK = 3600.0  # seconds between checks whether the node certificate is due
+NO_ADVERTISE = ("could not find this system's IP address (it has no default route): "
+                "specify one with --advertise-addr")
+
+
+def _log(message: str) -> None:
+    print(f"pyswarm daemon: {message}", flush=True)
+
+
+@dataclass(frozen=True)
+class ManagerEndpoint:
+    """Where this manager serves remote nodes, and the address it gives them."""
+
+    listen_addr: str  # "IP:PORT"
+    advertise_addr: str  # IP
+
+    @classmethod
+    def load(cls, state_dir: Path) -> ManagerEndpoint | None:
+        try:
+            data = json.loads((state_dir / "endpoint.json").read_text())
+        except FileNotFoundError:
+            return None
+        return cls(data["listen_addr"], data["advertise_addr"])
+
+    def save(self, state_dir: Path) -> None:
+        tmp = state_dir / "endpoint.json.tmp"
+        tmp.write_text(json.dumps(asdict(self)))
+        tmp.replace(state_dir / "endpoint.json")
 
 
 class ClusterHost:
@@ -39,7 +82,12 @@ class ClusterHost:
         self.manager: Manager | None = None
         self.agent: Agent | None = None
         self.lb: ServiceLB | None = None
+        self.endpoint: TLSEndpoint | None = None
+        self.manager_endpoint: ManagerEndpoint | None = None
+        self.join_state: JoinState | None = None
+        self._certs: NodeCerts | None = None
         self._agent_run: asyncio.Task[None] | None = None
+        self._renewals: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -52,51 +100,101 @@ class ClusterHost:
             path.write_text(secrets.token_hex(13))
         return path.read_text().strip()
 
-    @property
-    def join_file(self) -> Path:
-        return self.cfg.root / "join.json"
+    def manager_addr(self) -> str:
+        """ADDR:PORT that `pyswarm join` is given for this manager."""
+        ep = self.manager_endpoint
+        if ep is None:
+            return ""
+        host, port = parse_listen_addr(ep.listen_addr)
+        return format_addr(ep.advertise_addr or host, port)
+
+    # ---- boot ------------------------------------------------------------------------------
 
     async def boot(self) -> None:
         identity = ClusterIdentity.load(self.state_dir)
         if identity is not None:
             await self._start_manager(identity)
-            self._start_agent(identity.node_id)
-        elif self.join_file.exists():
-            addr = json.loads(self.join_file.read_text())["addr"]
-            self._start_agent(self.node_id(), addr)
+            assert self.manager is not None
+            await self.manager.store.update(lambda tx: _ensure_cluster(tx, identity.cluster_id),
+                                            retries=3)  # a cluster made before the CA existed
+            endpoint = ManagerEndpoint.load(self.state_dir) or ManagerEndpoint(
+                f"0.0.0.0:{membership.DEFAULT_PORT}", membership.default_route_addr() or "")
+            self.manager_endpoint = endpoint
+            self._certs = NodeCerts.load(self.cfg.root)
+            if self._certs is None or self._certs.identity.cluster_id != identity.cluster_id:
+                self._certs = self._sign_own(identity)
+                self._certs.save(self.cfg.root)
+            try:
+                await self._serve_tls(parse_listen_addr(endpoint.listen_addr))
+            except OSError as exc:
+                _log(f"cannot listen on {endpoint.listen_addr} ({exc.strerror or exc}): remote "
+                     f"nodes cannot reach this manager until the daemon restarts")
+            self._start_agent(identity.node_id, self._local_channel, endpoint.advertise_addr)
+        else:
+            state, certs = JoinState.load(self.cfg.root), NodeCerts.load(self.cfg.root)
+            if state is None or certs is None:
+                if state is not None or certs is not None:
+                    _log("this node's join state is incomplete (join.json or certificates/ "
+                         "missing): it is not part of a cluster; join it again")
+                return
+            self.join_state, self._certs = state, certs
+            self._start_agent(certs.identity.node_id, self._manager_channel,
+                              state.advertise_addr)
+        self._renewals = asyncio.create_task(self._renew_loop(), name="certificate renewal")
 
-    async def join(self, request: cpb.JoinRequest) -> cpb.JoinResponse:
-        """Become a worker of the manager at `addr` (for now a Unix socket on this machine)."""
-        async with self._lock:
-            if self.manager is not None or self.agent is not None:
-                raise Conflict("this node is already part of a cluster")
-            addr = request.addr
-            if not addr.startswith("unix://") or not Path(addr[len("unix://"):]).is_socket():
-                raise InvalidArgument(
-                    f'cannot join "{addr}": give the manager daemon\'s socket as '
-                    f"unix:///PATH (remote joins over TCP come with the multi-node work)")
-            if Path(addr[len("unix://"):]).resolve() == self.cfg.socket_path.resolve():
-                raise InvalidArgument("a node cannot join itself: use pyswarm init")
-            tmp = self.join_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"addr": addr}))
-            tmp.replace(self.join_file)
-            self._start_agent(self.node_id(), addr)
-            return cpb.JoinResponse(node_id=self.node_id())
+    # ---- init ------------------------------------------------------------------------------
 
     async def init_cluster(self, request: cpb.InitRequest) -> cpb.InitResponse:
         async with self._lock:
-            if self.manager is not None:
-                raise Conflict("this node is already part of a cluster: it is its manager")
+            self._check_not_member()
             url = request.store_url or "sqlite"
             if not (url in ("sqlite", "memory") or url.startswith(("sqlite://", "etcd://"))):
                 raise InvalidArgument(
                     f'invalid --store "{url}": use sqlite (the default) or '
                     f"etcd://HOST:PORT[,HOST:PORT...]")
+            try:
+                listen = parse_listen_addr(request.listen_addr)
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from None
+            if request.advertise_addr:
+                advertise = membership.check_ip(request.advertise_addr, "--advertise-addr")
+            else:
+                advertise = membership.default_route_addr() or ""
+                if not advertise:
+                    raise InvalidArgument(NO_ADVERTISE)
             identity = ClusterIdentity(new_cluster_id(), self.node_id(), url)
+            cluster = ca.new_cluster(identity.cluster_id)
             await self._start_manager(identity)  # fails before anything is written
+            assert self.manager is not None
+            try:
+                self._certs = self._sign_own(identity, cluster)
+                try:
+                    await self._serve_tls(listen)
+                except OSError as exc:
+                    raise FailedPrecondition(
+                        f"cannot listen on {format_addr(*listen)}: {exc.strerror or exc}; "
+                        f"choose another address with --listen-addr") from None
+                await self.manager.store.update(lambda tx: ca.create_cluster(tx, cluster))
+            except BaseException:
+                await self._stop_manager()
+                raise
+            self._certs.save(self.cfg.root)
+            self.manager_endpoint = ManagerEndpoint(format_addr(*listen), advertise)
+            self.manager_endpoint.save(self.state_dir)
             identity.save(self.state_dir)
-            self._start_agent(identity.node_id)
+            self._start_agent(identity.node_id, self._local_channel, advertise)
+            self._renewals = asyncio.create_task(self._renew_loop(), name="certificate renewal")
             return cpb.InitResponse(node_id=identity.node_id, cluster_id=identity.cluster_id)
+
+    def _sign_own(self, identity: ClusterIdentity,
+                  cluster: opb.Cluster | None = None) -> NodeCerts:
+        """The manager node's certificate, signed by the cluster's CA right here."""
+        assert self.manager is not None
+        cluster = cluster or ca.cluster_of(self.manager.store.view())
+        root = pki.RootCA(cluster.root_ca.ca_cert, cluster.root_ca.ca_key)
+        key = pki.new_key()
+        cert = root.sign_node(pki.make_csr(key), identity.node_id, "manager", cluster.id)
+        return NodeCerts(pki.key_pem(key), cert, root.cert_pem)
 
     async def _start_manager(self, identity: ClusterIdentity) -> None:
         try:
@@ -106,14 +204,126 @@ class ClusterHost:
         await manager.start()
         self.manager = manager
 
-    def _start_agent(self, node_id: str, manager_addr: str = "") -> None:
-        target = manager_addr or f"unix://{self.cfg.socket_path}"
+    async def _stop_manager(self) -> None:
+        if self.endpoint is not None:
+            await self.endpoint.stop()
+            self.endpoint = None
+        if self.manager is not None:
+            await self.manager.stop()
+            self.manager = None
+        self._certs = None
+
+    async def _serve_tls(self, listen: tuple[str, int]) -> None:
+        from pyswarm.manager.servicers import (
+            ControlServicer,
+            DispatcherServicer,
+            NodeCAServicer,
+        )
+        from pyswarm.proto import ca_pb2_grpc, cluster_pb2_grpc
+
+        def add_servicers(server: grpc.aio.Server) -> None:
+            cluster_pb2_grpc.add_ControlServicer_to_server(ControlServicer(self), server)
+            cluster_pb2_grpc.add_DispatcherServicer_to_server(DispatcherServicer(self), server)
+            ca_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self), server)
+
+        endpoint = TLSEndpoint(listen, self.cfg.run_dir, self._credentials, add_servicers,
+                               AuthInterceptor(lambda: self.manager))
+        await endpoint.start()
+        self.endpoint = endpoint
+
+    def _credentials(self) -> tuple[bytes, bytes, bytes]:
+        assert self._certs is not None
+        return self._certs.key, self._certs.cert, self._certs.ca
+
+    # ---- join ------------------------------------------------------------------------------
+
+    async def join(self, request: cpb.JoinRequest) -> cpb.JoinResponse:
+        """Become a node of the cluster whose manager serves at `addr` (ca.proto's steps)."""
+        async with self._lock:
+            self._check_not_member()
+            if not request.token:
+                raise InvalidArgument('a join needs --token: print it on a manager with '
+                                      '"pyswarm join-token worker"')
+            token = pki.parse_token(request.token)
+            host, port = membership.parse_manager_addr(request.addr)
+            advertise = (membership.check_ip(request.advertise_addr, "--advertise-addr")
+                         if request.advertise_addr else "")
+            if request.listen_addr:
+                try:
+                    parse_listen_addr(request.listen_addr)
+                except ValueError as exc:
+                    raise InvalidArgument(str(exc)) from None
+            ca_pem, local_addr = await asyncio.to_thread(
+                membership.fetch_root_ca, host, port, token)
+            certs, answer = await membership.request_certificate(
+                host, port, ca_pem, request.token, describe_node().hostname)
+            state = JoinState(membership.target(host, port), advertise or local_addr,
+                              request.listen_addr)
+            try:  # join.json last: it is what marks this node as joined
+                certs.save(self.cfg.root)
+                (self.cfg.root / "node_id").write_text(answer.node_id)
+                state.save(self.cfg.root)
+            except OSError:
+                membership.remove_certs(self.cfg.root)
+                raise
+            self.join_state, self._certs = state, certs
+            self._start_agent(answer.node_id, self._manager_channel, state.advertise_addr)
+            self._renewals = asyncio.create_task(self._renew_loop(), name="certificate renewal")
+            _log(f"joined the swarm of {state.manager_addr} as {answer.role} {answer.node_id}, "
+                 f"advertising {state.advertise_addr}")
+            return cpb.JoinResponse(node_id=answer.node_id, role=answer.role)
+
+    def _check_not_member(self) -> None:
+        if self.manager is not None:
+            raise Conflict("this node is already part of a swarm: it is its manager")
+        if self.agent is not None:
+            raise Conflict("this node is already part of a swarm")
+
+    # ---- the agent -------------------------------------------------------------------------
+
+    def _local_channel(self) -> grpc.aio.Channel:
+        """The manager's own agent talks to it over the daemon's root-only socket."""
+        return grpc.aio.insecure_channel(f"unix://{self.cfg.socket_path}")
+
+    def _manager_channel(self) -> grpc.aio.Channel:
+        """Mutual TLS with the node's current certificate (renewals apply on reconnect)."""
+        assert self._certs is not None and self.join_state is not None
+        return self._certs.channel(self.join_state.manager_addr)
+
+    def _start_agent(self, node_id: str, channel_factory: Callable[[], grpc.aio.Channel],
+                     addr: str) -> None:
         self.lb = ServiceLB(self.engine.network)
         sync = LBSync(self.lb)
-        self.agent = Agent(self.engine, self.watcher, node_id,
-                           lambda: grpc.aio.insecure_channel(target), addr="",
+        self.agent = Agent(self.engine, self.watcher, node_id, channel_factory, addr=addr,
                            on_tasks_changed=sync.update, before_report=sync.settled)
         self._agent_run = asyncio.create_task(self.agent.run(), name="agent")
+
+    # ---- certificate renewal ---------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        while True:
+            try:
+                await self._renew_if_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried at the next check
+                _log(f"certificate renewal failed (retrying in {RENEW_CHECK:g} s): {exc}")
+            await asyncio.sleep(RENEW_CHECK)
+
+    async def _renew_if_due(self) -> None:
+        certs = self._certs
+        if certs is None or not certs.needs_renewal():
+            return
+        if self.manager is not None:
+            identity = self.manager.identity
+            fresh = self._sign_own(identity)
+        else:
+            assert self.join_state is not None
+            fresh = await membership.renew_certificate(self.join_state.manager_addr, certs)
+        await asyncio.to_thread(fresh.save, self.cfg.root)
+        self._certs = fresh
+        _log(f"renewed this node's certificate (valid until {fresh.identity.not_after:%Y-%m-%d}, "
+             f"role {fresh.identity.role})")
 
     async def log_stream(self, task: opb.Task, follow: bool, tail: int) -> AsyncIterator[LogLine]:
         """A task's output, from this node's engine (tasks of other nodes: later)."""
@@ -144,6 +354,10 @@ class ClusterHost:
             reader.close()
 
     async def close(self) -> None:
+        if self._renewals is not None:
+            self._renewals.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewals
         if self._agent_run is not None:
             self._agent_run.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -152,5 +366,9 @@ class ClusterHost:
             await self.agent.close()
         if self.lb is not None:
             self.lb.close()
-        if self.manager is not None:
-            await self.manager.stop()
+        await self._stop_manager()
+
+
+def _ensure_cluster(tx: WriteTx, cluster_id: str) -> None:
+    if not tx.find("cluster", name=ca.CLUSTER_NAME):
+        tx.create(ca.new_cluster(cluster_id))

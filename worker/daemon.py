@@ -4,7 +4,10 @@ Start-up order matters: the runtime's zygote is forked first, while this process
 a single thread, because forking a process that runs gRPC's threads is unsafe. Only then are
 gRPC and the asyncio loop started.
 
-The daemon serves the engine API on a root-only Unix socket. Stopping the daemon (SIGTERM,
+The daemon serves the engine API on a root-only Unix socket (with Control and Dispatcher,
+trusted with everything). Once the node is a manager it also serves Control, Dispatcher and
+NodeCA to remote nodes on its TLS port (manager/security/endpoint.py, default 0.0.0.0:2377),
+where every call is checked against the caller's certificate. Stopping the daemon (SIGTERM,
 or even SIGKILL) never stops containers: their shims own them, and the next daemon re-adopts
 them from the state folder.
 """
@@ -88,7 +91,14 @@ async def serve(cfg: EngineConfig, runtime: object, cgroup_driver: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await host.boot()
-    role = "manager and worker" if host.manager else "standalone engine"
+    if host.manager is not None:
+        role = "manager and worker"
+        if host.endpoint is not None:
+            role += f", TLS port {host.endpoint.listen[0]}:{host.endpoint.listen[1]}"
+    elif host.join_state is not None:
+        role = f"worker of the manager at {host.join_state.manager_addr}"
+    else:
+        role = "standalone engine"
     print(f"pyswarm daemon: serving on unix://{sock} (root {cfg.root}, {role}, "
           f"{len(running)} running container(s) re-adopted)", flush=True)
     await stop.wait()

@@ -1,0 +1,122 @@
+"""The gRPC side of authz: a server interceptor that checks every call on the TLS port
+against the policy (authz.authorize) before the servicer runs, and ends the session of a
+node removed while it is connected.
+
+A refusal is PERMISSION_DENIED with the policy's message, and is logged with the caller's
+node id: a worker trying the control API, or a removed node knocking, is worth seeing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from pyswarm.manager.manager import Manager
+from pyswarm.manager.security import authz
+from pyswarm.manager.security.ca import PermissionDenied, removed
+from pyswarm.manager.store import Event
+
+SESSION = "/pyswarm.cluster.v1.Dispatcher/Session"
+
+
+def _log(message: str) -> None:
+    print(f"pyswarm manager: {message}", flush=True)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, manager: Callable[[], Manager | None]) -> None:
+        self._manager = manager
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.request_streaming:
+            return handler  # every RPC served here takes one request
+        method: str = details.method
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await self._check(method, request, context)
+                return await inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer)
+        stream = handler.unary_stream
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            caller = await self._check(method, request, context)
+            items = stream(request, context)
+            if method == SESSION and caller is not None:
+                items = self._until_removed(items, caller.node_id, context)
+            async for item in items:
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(
+            streaming, handler.request_deserializer, handler.response_serializer)
+
+    async def _check(self, method: str, request: Any,
+                     context: grpc.aio.ServicerContext) -> authz.Caller | None:
+        manager = self._manager()
+        caller = authz.caller_of(dict(context.auth_context()))
+        if manager is None:
+            return caller  # the servicers answer "not a manager"
+        store = manager.store
+        try:
+            authz.authorize(method, caller, request, manager.identity.cluster_id,
+                            lambda node_id: store.view().get("node", node_id) is not None)
+        except PermissionDenied as exc:
+            who = (f"node {caller.node_id} ({caller.role})" if caller else
+                   f"a peer without a node certificate ({context.peer()})")
+            _log(f"refused {method.rpartition('.')[2]} from {who}: {exc}")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        return caller
+
+    async def _until_removed(self, items: AsyncIterator[Any], node_id: str,
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """The session's messages, until the node is removed from the store: then the
+        session ends with PERMISSION_DENIED, which the node's agent reports."""
+        manager = self._manager()
+        assert manager is not None
+        gone = asyncio.create_task(_removal(manager, node_id))
+        try:
+            while True:
+                step = asyncio.ensure_future(anext(items))
+                await asyncio.wait({step, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if step.done():
+                    try:
+                        yield step.result()
+                    except StopAsyncIteration:
+                        return
+                    continue
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await step
+                _log(f"ended the session of node {node_id}: it was removed from the swarm")
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, removed(node_id))
+        finally:
+            gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+async def _removal(manager: Manager, node_id: str) -> None:
+    """Return once the node is deleted from the store."""
+    watch = manager.store.watch({"node"})
+    try:
+        if manager.store.view().get("node", node_id) is None:
+            return
+        async for item in watch:
+            if isinstance(item, Event) and item.action == "delete" and item.obj.id == node_id:
+                return
+    finally:
+        watch.close()
