@@ -120,7 +120,8 @@ class NodeNetwork:
         self._host: IPRoute | None = None  # used on the netns thread only
         self._bridge_index = 0
         self._reaper: links.LinkReaper | None = None
-        self.overlays = overlay.OverlayNetworks(cfg.bridge, self._netlink, self._lock)
+        self.overlays = overlay.OverlayNetworks(cfg.bridge, self._netlink, self._lock,
+                                                self._nft, cfg.nft_table)
         self.overlays_dir = cfg.network_dir / "overlays"
         # The address the node's service DNS answers on, once it serves (set by
         # overlay_sync.py); empty: containers keep the host's resolvers.

@@ -18,6 +18,9 @@ list, which changes far less often than tasks do; static per-MAC entries (and pr
 Docker does) would save the first flood of each flow, an optimisation for later. When a peer
 goes, its all-zero entry and every entry learned from it are deleted, so nothing is sent to
 it any more (a learned entry would otherwise keep unicast flowing for its 300 s ageing time).
+Learning would also let a removed node back in as soon as it sent a packet, so the node's
+nftables table gets an ``overlay_input`` chain that drops VXLAN packets of each network's
+VNI from any address that is not a peer: only the cluster's nodes can reach its overlays.
 
 Names: ``ov`` + 5 hex digits of a hash of the engine's node bridge name + ``b``/``x`` + the
 VNI in hex (at most 14 characters). Two engines in one network namespace (tests, a lab) have
@@ -37,6 +40,7 @@ before anything is touched: a malformed one changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import ipaddress
@@ -52,7 +56,9 @@ from pyswarm.common.errors import InvalidArgument, NotFound, RuntimeFailure
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.worker.network import firewall
 from pyswarm.worker.network.links import delete_link, mac_for
+from pyswarm.worker.network.nft import Nft
 
+INPUT_CHAIN = "overlay_input"
 VXLAN_PORT = 4789  # IANA's; Docker Swarm's and Linux's default
 MTU = 1450  # 1500 of the underlay less VXLAN's 50 bytes of outer headers
 MAX_VNI = (1 << 24) - 1
@@ -127,10 +133,14 @@ class OverlayNetworks:
     """The overlays of one engine. Thread-safe; netlink work runs through ``run``."""
 
     def __init__(self, node_bridge: str, run: NetlinkRunner,
-                 lock: threading.RLock | None = None) -> None:
+                 lock: threading.RLock | None = None, nft: Nft | None = None,
+                 nft_table: str = "") -> None:
         self.node_bridge = node_bridge
         self.prefix = link_prefix(node_bridge)
         self._run = run
+        self._nft = nft
+        self._table = nft_table
+        self._filter = ""  # the overlay_input script last applied
         # The node network's lock when given: one lock order for attach and apply.
         self._lock = lock or threading.RLock()
         # Replaced whole, never changed in place: readers need no lock.
@@ -166,6 +176,10 @@ class OverlayNetworks:
             self._applied = {s.network_id: s for s in plan.networks
                              if self.bridge_name(s.vni) in present}
             self._sync_firewall(present)
+            try:
+                self._sync_filter(plan)
+            except RuntimeFailure as e:
+                errors.append(f"peer filter: {e}")
         if errors:
             raise RuntimeFailure("overlay networks: " + "; ".join(errors))
 
@@ -178,6 +192,19 @@ class OverlayNetworks:
                     firewall.remove(name)
             self._firewalled.clear()
             self._applied = {}
+            if self._nft is not None and self._filter:
+                with contextlib.suppress(RuntimeFailure):  # the table may be gone already
+                    self._nft.run(f"delete chain ip {self._table} {INPUT_CHAIN}")
+            self._filter = ""
+
+    def _sync_filter(self, plan: OverlayPlan) -> None:
+        """Drop VXLAN packets of our VNIs from addresses that are not peers."""
+        if self._nft is None:
+            return
+        script = filter_script(self._table, plan)
+        if script != self._filter:
+            self._nft.run(script)
+            self._filter = script
 
     def _sync_firewall(self, present: set[str]) -> None:
         """FORWARD accepts (firewall.py) for each overlay bridge, as for the node bridge."""
@@ -187,6 +214,24 @@ class OverlayNetworks:
         for name in sorted(self._firewalled - bridges):
             firewall.remove(name)
         self._firewalled = bridges
+
+
+def filter_script(table: str, plan: OverlayPlan) -> str:
+    """The ``overlay_input`` chain for a plan, as one nft transaction (replaces it whole).
+
+    The VNI is matched in the VXLAN header (24 bits, 96 bits into the UDP header), so two
+    engines sharing a namespace each filter only their own networks' packets."""
+    t = f"ip {table}"
+    lines = [f"add table {t}",
+             f"add chain {t} {INPUT_CHAIN} {{ type filter hook input priority -1; "
+             f"policy accept; }}",
+             f"flush chain {t} {INPUT_CHAIN}"]
+    peers = ", ".join(sorted(plan.peers, key=lambda ip: ipaddress.IPv4Address(ip)))
+    for spec in plan.networks:
+        match = f"udp dport {VXLAN_PORT} @th,96,24 {spec.vni}"
+        lines.append(f"add rule {t} {INPUT_CHAIN} {match} ip saddr != {{ {peers} }} drop"
+                     if peers else f"add rule {t} {INPUT_CHAIN} {match} drop")
+    return "\n".join(lines)
 
 
 # ---- kernel work, on the netns thread ------------------------------------------------------
