@@ -1,0 +1,104 @@
+"""Who may call what on the manager's TLS port, and the ClientHello name that routes a
+connection there: pure functions, fed what gRPC and a real TLS client hand them."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from pyswarm.common import pki
+from pyswarm.manager.security import authz, sni
+from pyswarm.manager.security.ca import PermissionDenied
+from pyswarm.proto import cluster_pb2 as cpb
+
+CONTROL = "/pyswarm.cluster.v1.Control/"
+DISPATCHER = "/pyswarm.cluster.v1.Dispatcher/"
+NODECA = "/pyswarm.ca.v1.NodeCA/"
+WORKER = authz.Caller("w1", "worker", "c1")
+MANAGER = authz.Caller("m1", "manager", "c1")
+
+
+def allowed(method: str, caller: authz.Caller | None, request: object = None,
+            members: tuple[str, ...] = ("w1", "m1")) -> bool:
+    try:
+        authz.authorize(method, caller, request, "c1", lambda n: n in members)
+        return True
+    except PermissionDenied:
+        return False
+
+
+def refusal(method: str, caller: authz.Caller | None, request: object = None,
+            members: tuple[str, ...] = ("w1", "m1")) -> str:
+    with pytest.raises(PermissionDenied) as caught:
+        authz.authorize(method, caller, request, "c1", lambda n: n in members)
+    return str(caught.value)
+
+
+def test_node_ca_is_open_to_anyone() -> None:
+    assert allowed(NODECA + "GetRootCACertificate", None)
+    assert allowed(NODECA + "IssueNodeCertificate", None)
+
+
+def test_control_needs_a_manager_certificate() -> None:
+    assert allowed(CONTROL + "ListNodes", MANAGER)
+    assert refusal(CONTROL + "DeployStack", WORKER) == authz.WORKER_CONTROL
+    assert "needs a node certificate" in refusal(CONTROL + "ListNodes", None)
+    assert "another swarm" in refusal(CONTROL + "ListNodes",
+                                      authz.Caller("m1", "manager", "c2"))
+
+
+@pytest.mark.parametrize("name", ["Init", "Join"])
+def test_init_and_join_are_never_served_remotely(name: str) -> None:
+    assert "Unix socket" in refusal(CONTROL + name, MANAGER)
+
+
+def test_dispatcher_calls_only_for_the_caller_s_own_live_node() -> None:
+    mine = cpb.HeartbeatRequest(node_id="w1")
+    assert allowed(DISPATCHER + "Heartbeat", WORKER, mine)
+    assert allowed(DISPATCHER + "Session", MANAGER, cpb.SessionRequest(node_id="m1"))
+    assert "cannot act for node w2" in refusal(DISPATCHER + "Heartbeat", WORKER,
+                                               cpb.HeartbeatRequest(node_id="w2"))
+    assert "has been removed" in refusal(DISPATCHER + "Session", WORKER,
+                                         cpb.SessionRequest(node_id="w1"), members=("m1",))
+    assert "needs a node certificate" in refusal(DISPATCHER + "Heartbeat", None, mine)
+
+
+def test_other_services_are_refused() -> None:
+    assert not allowed("/pyswarm.engine.v1.Engine/Version", MANAGER)
+
+
+def test_caller_of_reads_the_peer_certificate() -> None:
+    ca = pki.RootCA.create()
+    cert = ca.sign_node(pki.make_csr(pki.new_key()), "w9", "worker", "c1")
+    assert authz.caller_of({"x509_pem_cert": [cert]}) == authz.Caller("w9", "worker", "c1")
+    assert authz.caller_of({"transport_security_type": [b"ssl"]}) is None
+    assert authz.caller_of({"x509_pem_cert": [ca.cert_pem]}) is None  # not a node's
+
+
+def client_hello(server_name: str | None) -> bytes:
+    """The first bytes a real TLS client sends."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize("name", ["swarm-ca", "swarm-manager", "node-1.example"])
+def test_server_name_of_a_real_client_hello(name: str) -> None:
+    hello = client_hello(name)
+    record = hello[:5 + int.from_bytes(hello[3:5], "big")]
+    assert sni.server_name(record) == name
+
+
+def test_no_server_name_and_garbage() -> None:
+    hello = client_hello(None)
+    assert sni.server_name(hello[:5 + int.from_bytes(hello[3:5], "big")]) is None
+    assert sni.server_name(b"GET / HTTP/1.1\r\n\r\n") is None
+    truncated = client_hello("swarm-ca")[:60]
+    assert sni.server_name(truncated) is None
