@@ -13,6 +13,9 @@ from typing import Any, cast
 import pytest
 
 from pyswarm.common.errors import Conflict, InvalidArgument
+from pyswarm.proto import cluster_pb2 as cpb
+from pyswarm.proto import objects_pb2 as opb
+from pyswarm.worker.agent import lb_sync
 from pyswarm.worker.network import lb, lb_nft
 from pyswarm.worker.network.lb import Backend, ServiceLB, ServicePort
 from pyswarm.worker.network.nft import NftError
@@ -270,3 +273,236 @@ def _eventually(ok: Any, tries: int = 100) -> bool:
             return True
         threading.Event().wait(0.02)
     return False
+
+
+# ---- VIPs and overlays: nft text, reading back, checks ---------------------------------
+
+VIP = lb_nft.VirtualIP("10.215.0.7", "web", "net1", (80,))
+VKEY = lb_nft.vip_key("10.215.0.7")
+OVERLAY_TASKS = [Backend("10.214.1.5", "task-a"), Backend("10.214.1.6", "task-b")]
+
+
+def test_base_script_dispatches_vips_refuses_them_and_snats_into_overlays() -> None:
+    script = lb_nft.base_script("t")
+    assert "add rule ip t lb_prerouting ip daddr vmap @lb_vips" in script
+    assert ("add rule ip t lb_forward ct status & dnat == 0 ip daddr @lb_vips_refused"
+            " meta l4proto tcp reject with tcp reset") in script
+    # What was DNATed into an overlay leaves with this node's address on it.
+    assert "add rule ip t lb_postrouting ct status dnat snat to ip daddr map @lb_snat" in script
+    assert "add map ip t lb_snat { type ipv4_addr : ipv4_addr; flags interval; }" in script
+
+
+def test_vip_script_with_tasks_balances_every_port_of_tcp_and_udp() -> None:
+    script = lb_nft.vip_script("t", VIP, OVERLAY_TASKS, None)
+    assert (f"add rule ip t lbv_{VKEY} meta l4proto {{ tcp, udp }} dnat to numgen inc mod 2"
+            f' map @lbvb_{VKEY} comment "vip web net1 10.215.0.7"') in script
+    assert (f'add element ip t lbvb_{VKEY} {{ 0 comment "task-a" : 10.214.1.5,'
+            f' 1 comment "task-b" : 10.214.1.6 }}') in script
+    assert f"add element ip t lb_vips {{ 10.215.0.7 : goto lbv_{VKEY} }}" in script
+    assert "lb_vips_refused" not in script and "delete" not in script
+
+
+def test_vip_script_without_tasks_refuses_and_forgets_the_old_dispatch() -> None:
+    script = lb_nft.vip_script("t", VIP, [], (VIP, OVERLAY_TASKS))
+    assert "delete element ip t lb_vips { 10.215.0.7 }" in script
+    assert "add element ip t lb_vips_refused { 10.215.0.7 }" in script
+    assert " dnat to " not in script
+    again = lb_nft.vip_script("t", VIP, OVERLAY_TASKS, (VIP, []))
+    assert "delete element ip t lb_vips_refused { 10.215.0.7 }" in again
+
+
+def test_remove_vip_script() -> None:
+    assert lb_nft.remove_vip_script("t", (VIP, [])).splitlines() == [
+        "delete element ip t lb_vips_refused { 10.215.0.7 }",
+        f"flush chain ip t lbv_{VKEY}", f"delete chain ip t lbv_{VKEY}",
+        f"delete map ip t lbvb_{VKEY}"]
+
+
+def test_overlays_script_replaces_the_whole_map() -> None:
+    assert lb_nft.overlays_script("t", {"10.255.0.0/16": "10.255.0.2"}) == (
+        "flush map ip t lb_snat\nadd element ip t lb_snat { 10.255.0.0/16 : 10.255.0.2 }\n")
+    assert lb_nft.overlays_script("t", {}) == "flush map ip t lb_snat\n"
+
+
+def test_parse_vips_and_overlays_read_back_what_was_written() -> None:
+    objects: list[dict[str, Any]] = [
+        {"map": {"name": f"lbvb_{VKEY}", "elem": [
+            [{"elem": {"val": 1, "comment": "task-b"}}, "10.214.1.6"],
+            [{"elem": {"val": 0, "comment": "task-a"}}, "10.214.1.5"]]}},
+        {"rule": {"chain": f"lbv_{VKEY}", "comment": "vip web net1 10.215.0.7"}},
+        {"rule": {"chain": "lbv_0000", "comment": "vip web net1 10.215.0.8"}},  # wrong key
+        {"map": {"name": "lb_snat", "elem": [
+            ["10.9.9.9", "10.9.9.9"],
+            [{"prefix": {"addr": "10.255.0.0", "len": 16}}, "10.255.0.2"]]}},
+        *nft_objects("web", WEB, TWO),
+    ]
+    assert lb_nft.parse_vips(objects) == {"10.215.0.7": (VIP, OVERLAY_TASKS)}
+    assert lb_nft.parse_overlays(objects) == {"10.9.9.9/32": "10.9.9.9",
+                                              "10.255.0.0/16": "10.255.0.2"}
+    assert lb_nft.parse_services(objects) == {"web": (WEB, TWO)}  # VIP maps are not services
+
+
+@pytest.mark.parametrize(("vip", "message"), [
+    (lb_nft.VirtualIP("10.215.0.300", "web", "n"), "invalid virtual IP"),
+    (lb_nft.VirtualIP("10.215.0.7", "we b", "n"), "invalid service id"),
+    (lb_nft.VirtualIP("10.215.0.7", "web", 'n"'), "invalid network id"),
+    (lb_nft.VirtualIP("10.215.0.7", "w" * 60, "n" * 60), "too long"),
+    (lb_nft.VirtualIP("10.215.0.7", "web", "n", (0,)), "invalid port 0"),
+])
+def test_check_vip(vip: lb_nft.VirtualIP, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        lb.check_vip(vip, [])
+
+
+@pytest.mark.parametrize(("overlays", "message"), [
+    ({"10.255.0.0/33": "10.255.0.2"}, "invalid overlay subnet"),
+    ({"10.255.0.0/16": "10.254.0.2"}, "outside its overlay subnet"),
+    ({"10.255.0.0/16": "x"}, "invalid address on overlay"),
+    ({"10.255.0.0/16": "10.255.0.2", "10.255.3.0/24": "10.255.3.2"}, "overlap"),
+])
+def test_check_overlays(overlays: dict[str, str], message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        lb.check_overlays(overlays)
+
+
+# ---- the cluster-wide wanted state: NetworkState merged with the local controllers ----
+
+INGRESS, APP = "ingress-id", "app-id"
+RUNNING, SHUTDOWN = opb.TaskState.TASK_STATE_RUNNING, opb.TaskState.TASK_STATE_SHUTDOWN
+
+
+def local_task(task_id: str, bridge_ip: str, *, app_ip: str = "", desired: int = RUNNING,
+               state: int = RUNNING, removed: bool = False, service: str = "web") -> Any:
+    """A TaskController as LBSync reads it."""
+    task = opb.Task(id=task_id, service_id=service, node_id="me", desired_state=desired)
+    task.endpoint.ports.add(protocol="tcp", published_port=8080, target_port=80)
+    if app_ip:
+        task.networks.add(network_id=APP, addresses=[f"{app_ip}/24"])
+    return SimpleNamespace(task=task, status=opb.TaskStatus(state=state), removed=removed,
+                           container=SimpleNamespace(ip_address=bridge_ip))
+
+
+def cluster_state(tasks: dict[str, str], *, mode: str = "vip",
+                  ingress_label: bool = True) -> cpb.NetworkState:
+    """Service "web" (8080 -> 80 ingress, 9000 host mode) with a VIP on "app"; ``tasks``:
+    task id -> node id. Task "tN" has 10.255.0.N on ingress and 10.214.1.N on app."""
+    state = cpb.NetworkState(version=3)
+    state.peers.add(node_id="other", addr="198.18.0.3", ready=True)
+    labels = {"pyswarm.network.ingress": "true"} if ingress_label else {}
+    state.networks.add(id=INGRESS, spec=opb.NetworkSpec(
+        name="ingress" if not ingress_label else "routing-mesh", labels=labels))
+    state.networks.add(id=APP, spec=opb.NetworkSpec(name="app"), subnet="10.214.1.0/24")
+    state.node_attachments.add(network_id=INGRESS, addresses=["10.255.0.2/16"])
+    state.node_attachments.add(network_id=APP, addresses=["10.214.1.2/24"])
+    ep = state.endpoints.add(service_id="web", service_name="web", mode=mode)
+    ep.ports.add(protocol="tcp", target_port=80, published_port=8080)
+    ep.ports.add(protocol="tcp", target_port=90, published_port=9000,
+                 publish_mode=opb.PUBLISH_MODE_HOST)
+    if mode == "vip":
+        ep.vips.add(network_id=APP, addr="10.215.0.7")
+        ep.vips.add(network_id="not-joined", addr="10.215.0.8")
+    for task_id, node in tasks.items():
+        n = task_id[1:]
+        t = ep.tasks.add(task_id=task_id, node_id=node)
+        t.networks.add(network_id=INGRESS, addresses=[f"10.255.0.{n}/16"])
+        t.networks.add(network_id=APP, addresses=[f"10.214.1.{n}/24"])
+    return state
+
+
+WEB_PORTS = (ServicePort("tcp", 8080, 80),)
+
+
+def test_wanted_without_network_state_is_the_local_balancer() -> None:
+    controllers = {"t1": local_task("t1", "10.213.0.2"),
+                   "t9": local_task("t9", "10.213.0.9", state=opb.TaskState.TASK_STATE_STARTING)}
+    wanted = lb_sync.wanted_state(controllers)
+    assert wanted == lb_sync.Wanted(
+        services={"web": (WEB_PORTS, (Backend("10.213.0.2", "t1"),))})
+
+
+def test_wanted_spreads_ingress_over_local_bridge_and_remote_ingress_addresses() -> None:
+    controllers = {"t1": local_task("t1", "10.213.0.2", app_ip="10.214.1.1")}
+    # The state still says t7 is on this node: the controllers know better (no such task).
+    state = cluster_state({"t1": "me", "t3": "other", "t4": "other", "t7": "me"})
+    wanted = lb_sync.wanted_state(controllers, state, "me")
+    assert wanted.services == {"web": (WEB_PORTS, (
+        Backend("10.213.0.2", "t1"), Backend("10.255.0.3", "t3"), Backend("10.255.0.4", "t4")))}
+    assert wanted.vips == {"10.215.0.7": (
+        lb_nft.VirtualIP("10.215.0.7", "web", APP, (80, 90)),
+        (Backend("10.214.1.1", "t1"), Backend("10.214.1.3", "t3"),
+         Backend("10.214.1.4", "t4")))}
+    assert wanted.vips["10.215.0.7"][0].ports == (80, 90)  # for the userspace proxy
+    assert wanted.overlays == {"10.255.0.0/16": "10.255.0.2", "10.214.1.0/24": "10.214.1.2"}
+    # Without the node id: this node is the one that is no peer.
+    assert lb_sync.wanted_state(controllers, state) == wanted
+
+
+def test_wanted_drops_a_local_task_the_manager_wants_stopped_at_once() -> None:
+    controllers = {"t1": local_task("t1", "10.213.0.2", app_ip="10.214.1.1", desired=SHUTDOWN),
+                   "t2": local_task("t2", "10.213.0.3", app_ip="10.214.1.2", removed=True)}
+    state = cluster_state({"t1": "me", "t2": "me", "t3": "other"})  # not updated yet
+    wanted = lb_sync.wanted_state(controllers, state, "me")
+    assert wanted.services == {"web": (WEB_PORTS, (Backend("10.255.0.3", "t3"),))}
+    assert wanted.vips["10.215.0.7"][1] == (Backend("10.214.1.3", "t3"),)
+
+
+def test_wanted_keeps_a_service_with_no_serving_task_published_so_it_refuses() -> None:
+    wanted = lb_sync.wanted_state({}, cluster_state({}), "me")
+    assert wanted.services == {"web": (WEB_PORTS, ())}
+    assert wanted.vips["10.215.0.7"][1] == ()
+
+
+def test_wanted_dnsrr_has_no_vip_and_the_ingress_is_found_by_name_too() -> None:
+    state = cluster_state({"t3": "other"}, mode="dnsrr", ingress_label=False)
+    wanted = lb_sync.wanted_state({}, state, "me")
+    assert wanted.vips == {}
+    assert wanted.services == {"web": (WEB_PORTS, (Backend("10.255.0.3", "t3"),))}
+
+
+def test_wanted_skips_remote_tasks_without_an_ingress_address() -> None:
+    state = cluster_state({"t3": "other"})
+    del state.endpoints[0].tasks[0].networks[0]  # only on "app"
+    assert lb_sync.wanted_state({}, state, "me").services == {"web": (WEB_PORTS, ())}
+
+
+class RecordingLB:
+    """A ServiceLB stand-in that records what LBSync asks of it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def services(self) -> dict[str, Any]:
+        return {"gone": ([ServicePort("tcp", 7000, 70)], [])}
+
+    def vips(self) -> dict[str, Any]:
+        return {}
+
+    def overlays(self) -> dict[str, str]:
+        return {}
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args: self.calls.append((name, args))
+
+
+def test_lb_sync_applies_the_merged_state_and_removes_what_is_gone() -> None:
+    recording = RecordingLB()
+
+    async def run() -> None:
+        sync = lb_sync.LBSync(cast(ServiceLB, recording), node_id="me")
+        sync.update({"t1": local_task("t1", "10.213.0.2", app_ip="10.214.1.1")})
+        sync.update_network(cluster_state({"t3": "other"}))  # coalesced with the above
+        await sync.settled()
+        first = list(recording.calls)
+        assert [name for name, _ in first] == ["set_overlays", "set_service", "remove_service",
+                                               "set_vip"]
+        assert first[1][1][2] == (Backend("10.213.0.2", "t1"), Backend("10.255.0.3", "t3"))
+        recording.calls.clear()
+        sync.update_network(cluster_state({"t3": "other"}))  # the same again: nothing to do
+        await sync.settled()
+        assert recording.calls == []
+        sync.update_network(cpb.NetworkState(version=4))
+        await sync.settled()
+        assert [name for name, _ in recording.calls] == ["set_overlays", "set_service",
+                                                         "remove_vip"]
+
+    asyncio.run(run())

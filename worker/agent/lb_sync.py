@@ -45,7 +45,9 @@ from pyswarm.worker.network.lb import Backend, ServiceLB, ServicePort, VirtualIP
 
 S = opb.TaskState
 
-INGRESS_NETWORK = "ingress"  # the overlay that carries the routing mesh, by name (Docker's)
+# The overlay that carries the routing mesh: the manager labels it (manager/allocator
+# /networks.py); by its name (Docker's) where the label is missing.
+INGRESS_NAME, INGRESS_LABEL = "ingress", "pyswarm.network.ingress"
 
 Ports = tuple[ServicePort, ...]
 Backends = tuple[Backend, ...]
@@ -74,7 +76,8 @@ def wanted_state(controllers: Mapping[str, TaskController],
         return task.node_id != node_id if node_id else task.node_id in peers
 
     joined = {n.id for n in state.networks}
-    ingress = {n.id for n in state.networks if n.spec.name == INGRESS_NETWORK}
+    ingress = {n.id for n in state.networks if n.spec.labels.get(INGRESS_LABEL) == "true"} \
+        or {n.id for n in state.networks if n.spec.name == INGRESS_NAME}
     serving = {tid: c for tid, c in controllers.items() if _serving(c)}
 
     # Published ports: the NetworkState's allocation when it has the service, else the one
