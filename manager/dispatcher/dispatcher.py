@@ -11,6 +11,8 @@ Policy:
   `reconnect_grace` to come back before that happens.
 - Status updates arrive in batches and are written in one transaction per batch; an update
   that would move a task backwards is refused for that task alone.
+- After the COMPLETE assignments a session gets its node's NetworkState, then the whole
+  state again whenever it changes (netpush.py: coalesced, one round for all sessions).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pyswarm.common import taskstate
 from pyswarm.common.errors import NotFound
 from pyswarm.manager.config import ManagerConfig
 from pyswarm.manager.dispatcher import assignments as asg
+from pyswarm.manager.dispatcher.netpush import NetworkPush, session_message
 from pyswarm.manager.store import Commit, Event, Store, WriteTx
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
@@ -48,6 +51,7 @@ class Dispatcher:
         self._sessions: dict[str, _Session] = {}
         self._last_beat: dict[str, float] = {}
         self._liveness: asyncio.Task[None] | None = None
+        self.network = NetworkPush(store)
 
     @property
     def period_ms(self) -> int:
@@ -60,8 +64,10 @@ class Dispatcher:
             if node.status.state != N.NODE_STATE_DOWN:
                 self._last_beat[node.id] = deadline_base
         self._liveness = asyncio.create_task(self._watch_liveness())
+        await self.network.start()
 
     async def stop(self) -> None:
+        await self.network.stop()
         if self._liveness is not None:
             self._liveness.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -87,6 +93,8 @@ class Dispatcher:
             now = [t for t in self.store.view().find("task", node_id=node_id)
                    if asg.belongs_to_node(t, node_id)]
             update, _, sent = asg.diff({}, now)
+            self.network.add(session.id, node_id, lambda state: session.queue.put_nowait(
+                session_message(session.id, self.period_ms, state)))
             yield cpb.SessionMessage(
                 session_id=session.id, heartbeat_period_ms=self.period_ms,
                 assignments=asg.message(cpb.Assignments.COMPLETE, update, []))
@@ -100,6 +108,7 @@ class Dispatcher:
             finally:
                 pump.cancel()
         finally:
+            self.network.remove(session.id)
             watch.close()
             if self._sessions.get(node_id) is session:
                 del self._sessions[node_id]
