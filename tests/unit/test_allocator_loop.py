@@ -78,7 +78,8 @@ class Cluster:
         cluster = cls(store)
         for loop in (Orchestrator(store).run, cluster.allocator.run, Scheduler(store).run):
             cluster._loops.append(asyncio.create_task(loop()))
-        await until(lambda: nets.ingress(store.view()) is not None, "ingress created")
+        await until(lambda: nets.ingress(store.view()) is not None and all(
+            n.attachments for n in store.view().all("node")), "ingress, every node on it")
         return cluster
 
     async def stop(self) -> None:

@@ -8,11 +8,13 @@ from typing import Any
 import pytest
 
 from pyswarm.common.errors import NotFound
+from pyswarm.manager.allocator import networks as nets
 from pyswarm.manager.config import ManagerConfig
 from pyswarm.manager.dispatcher.dispatcher import Dispatcher
 from pyswarm.manager.store import MemoryBackend, Store
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
+from tests.unit.test_allocator_loop import INGRESS, Cluster, service_spec
 
 S = opb.TaskState
 FAST = ManagerConfig(heartbeat_period=0.05, heartbeat_misses=3, reconnect_grace=0.15)
@@ -26,6 +28,14 @@ def task(id: str, node: str, state: int = S.TASK_STATE_ASSIGNED) -> opb.Task:
 
 def run(body: Any) -> None:
     asyncio.run(asyncio.wait_for(body, 10))
+
+
+async def next_assignments(stream: Any) -> cpb.SessionMessage:
+    """The next message about assignments (NetworkState messages are skipped)."""
+    while True:
+        message = await anext(stream)
+        if not message.HasField("network"):
+            return message
 
 
 async def _setup() -> tuple[Store, Dispatcher]:
@@ -55,12 +65,12 @@ def test_session_sends_the_complete_set_then_changes() -> None:
             tx.update(t)
 
         await store.update(shut_down)
-        second = await anext(stream)
+        second = await next_assignments(stream)
         assert second.assignments.type == cpb.Assignments.INCREMENTAL
         assert [(t.id, t.desired_state) for t in second.assignments.update] == [
             ("t1", S.TASK_STATE_SHUTDOWN)]
         await store.update(lambda tx: tx.delete("task", "t1"))
-        third = await anext(stream)
+        third = await next_assignments(stream)
         assert list(third.assignments.remove) == ["t1"]
         await stream.aclose()
         await d.stop()
@@ -109,5 +119,67 @@ def test_status_updates_move_forward_only_and_only_for_the_nodes_own_tasks() -> 
                 node_id="n1", session_id="stale", updates=[]))
         await stream.aclose()
         await d.stop()
+
+    run(body())
+
+
+async def next_network(stream: Any) -> cpb.SessionMessage:
+    """The next message carrying a NetworkState (assignment messages are skipped)."""
+    while True:
+        message = await anext(stream)
+        if message.HasField("network"):
+            return message
+
+
+def test_network_state_follows_the_complete_assignments_and_each_change() -> None:
+    async def body() -> None:
+        c = await Cluster.start(nodes=3)
+        await c.deploy([service_spec("web", replicas=3, ports=((80, 8080, INGRESS),))])
+        await c.placed("s_web", 3)
+        d = Dispatcher(c.store, FAST, {"n1"})
+        await d.start()
+        stream = d.session(cpb.SessionRequest(node_id="n1", addr="198.18.0.1"))
+        first = await anext(stream)
+        assert first.assignments.type == cpb.Assignments.COMPLETE
+        assert not first.HasField("network")
+        second = await anext(stream)
+        assert second.HasField("network") and second.session_id == first.session_id
+        # An agent that applies `assignments` unconditionally must see no change.
+        assert second.assignments.type == cpb.Assignments.INCREMENTAL
+        assert not second.assignments.update and not second.assignments.remove
+        ingress = nets.ingress(c.store.view())
+        assert ingress is not None
+        assert ingress.id in {n.id for n in second.network.networks}
+        assert {p.node_id for p in second.network.peers} == {"n2", "n3"}
+        (web,) = second.network.endpoints
+        assert not web.tasks  # none running yet
+        version = second.network.version
+        assert version > 0
+
+        await c.run_all()  # the tasks start: every node is told, in whole states
+        while len(web.tasks) < 3:
+            message = await next_network(stream)
+            assert message.network.version > version
+            version = message.network.version
+            (web,) = message.network.endpoints
+        assert sorted(t.name for t in web.tasks) == ["s_web.1", "s_web.2", "s_web.3"]
+
+        # One stops: the next state leaves it out.
+        stopping = web.tasks[0].task_id
+
+        def stop(tx: Any) -> None:
+            t = opb.Task()
+            t.CopyFrom(tx.get("task", stopping))
+            t.desired_state = S.TASK_STATE_SHUTDOWN
+            tx.update(t)
+
+        await c.store.update(stop)
+        message = await next_network(stream)
+        assert message.network.version > version
+        (web,) = message.network.endpoints
+        assert stopping not in {t.task_id for t in web.tasks}
+        await stream.aclose()
+        await d.stop()
+        await c.stop()
 
     run(body())
