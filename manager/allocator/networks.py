@@ -87,14 +87,17 @@ def aliases(spec: opb.ServiceSpec, extra: Iterable[str] = ()) -> list[str]:
     return out
 
 
-def attachment_targets(tx: ReadTx, spec: opb.ServiceSpec) -> tuple[
-        list[tuple[opb.Network, list[str]]], list[str]]:
-    """The networks a service's tasks attach to, each with its aliases there, and the targets
-    that name no network (yet). Ingress comes last, for services publishing in ingress mode."""
+def attachment_targets(
+    tx: ReadTx, spec: opb.ServiceSpec,
+    configs: Iterable[opb.NetworkAttachmentConfig] | None = None,
+) -> tuple[list[tuple[opb.Network, list[str]]], list[str]]:
+    """The networks a service's tasks attach to (those of `configs`, a task's frozen spec,
+    when given), each with its aliases there, and the targets that name no network (yet).
+    Ingress comes last, for services publishing in ingress mode."""
     found: list[tuple[opb.Network, list[str]]] = []
     missing: list[str] = []
     seen: set[str] = set()
-    for config in spec.task.networks:
+    for config in spec.task.networks if configs is None else configs:
         network = resolve(tx, config.target)
         if network is None:
             missing.append(config.target)

@@ -40,7 +40,16 @@ N = opb.NodeState
 class _Session:
     id: str
     node_id: str
-    queue: asyncio.Queue[cpb.SessionMessage | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[cpb.SessionMessage | bool | None] = field(
+        default_factory=asyncio.Queue)
+    # The newest NetworkState not yet sent, serialized; `True` in the queue stands for it,
+    # so a slow stream holds one state (the latest), not every state since it fell behind.
+    network: bytes | None = None
+
+    def offer_network(self, state: bytes) -> None:
+        if self.network is None:
+            self.queue.put_nowait(True)
+        self.network = state
 
 
 class Dispatcher:
@@ -93,8 +102,7 @@ class Dispatcher:
             now = [t for t in self.store.view().find("task", node_id=node_id)
                    if asg.belongs_to_node(t, node_id)]
             update, _, sent = asg.diff({}, now)
-            self.network.add(session.id, node_id, lambda state: session.queue.put_nowait(
-                session_message(session.id, self.period_ms, state)))
+            self.network.add(session.id, node_id, session.offer_network)
             yield cpb.SessionMessage(
                 session_id=session.id, heartbeat_period_ms=self.period_ms,
                 assignments=asg.message(cpb.Assignments.COMPLETE, update, []))
@@ -104,6 +112,12 @@ class Dispatcher:
                     item = await session.queue.get()
                     if item is None:
                         return
+                    if item is True:
+                        state, session.network = session.network, None
+                        if state is None:
+                            continue
+                        item = session_message(session.id, self.period_ms, state)
+                    assert isinstance(item, cpb.SessionMessage)
                     yield item
             finally:
                 pump.cancel()

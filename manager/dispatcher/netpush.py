@@ -72,7 +72,7 @@ class NetworkPush:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                self.push()
+                await self.push()
                 await asyncio.sleep(self.interval)
         finally:
             reader.cancel()
@@ -87,13 +87,16 @@ class NetworkPush:
                 relevant = False
                 self._wake.set()
 
-    def push(self) -> None:
-        """One round: every followed session whose state changed is sent it."""
+    async def push(self) -> None:
+        """One round: every followed session whose state changed is sent it. The loop is
+        given back between sessions: at a thousand nodes a round takes seconds, and
+        heartbeats must not wait for it."""
         if not self._targets:
             return
         self.rounds += 1
         now = self._builder.build(self.store.view())
         for target in list(self._targets.values()):
+            await asyncio.sleep(0)
             if now.revision < target.version:
                 continue
             parts = now.parts(target.node_id)

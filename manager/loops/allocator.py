@@ -229,7 +229,7 @@ class AllocatorLoop:
         if blocked is not None:
             _wait(tx, task, blocked)
             return
-        found, missing = nets.attachment_targets(tx, service.spec)
+        found, missing = nets.attachment_targets(tx, service.spec, task.spec.networks)
         if missing:
             _wait(tx, task, f"network {missing[0]} not found")
             return
