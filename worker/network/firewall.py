@@ -8,6 +8,10 @@ rules live in table ``ip filter``). So where an ``iptables`` command exists we i
 top of FORWARD, accepts for our bridge tagged with a comment naming it, and remove exactly
 those on teardown. Where there is no iptables (this machine's Debian ships none by default),
 nothing can hold a DROP policy there but nftables, whose tables we leave alone.
+
+The same pair of rules serves every bridge of the node: the node bridge (node.py) and each
+overlay network's bridge (overlay.py installs them when it creates the bridge and removes
+them with it).
 """
 
 from __future__ import annotations

@@ -126,7 +126,10 @@ class NodeNetwork:
         # The address the node's service DNS answers on, once it serves (set by
         # overlay_sync.py); empty: containers keep the host's resolvers.
         self.service_dns = ""
-        self._members: dict[str, tuple[str, ...]] | None = None  # bridge IP -> network ids
+        # Bridge IP -> overlay network ids, for the DNS; rebuilt after each change.
+        self._members: dict[str, tuple[str, ...]] | None = None
+        self._members_gen = 0
+        self._members_lock = threading.Lock()
 
     # ---- node-wide -------------------------------------------------------------------
 
@@ -225,7 +228,7 @@ class NodeNetwork:
                 reaper.delete(endpoint.veth_host)
             self._overlay_file(container_id).unlink(missing_ok=True)
             self.ipam.release(container_id)
-            self._members = None
+            self._members_changed()
 
     # ---- overlay networks ------------------------------------------------------------
 
@@ -263,7 +266,7 @@ class NodeNetwork:
             if not endpoints:
                 return []
             self._write_overlays(container_id, endpoints)  # before the links: detach finds them
-            self._members = None
+            self._members_changed()
             thread = self._ensure_thread()
             for endpoint in endpoints:
                 if self._reaper is not None:
@@ -290,13 +293,21 @@ class NodeNetwork:
         """The overlay networks of the container whose eth0 has ``ip`` (in eth1.. order)."""
         members = self._members
         if members is None:
+            gen = self._members_gen
             members = {}
             for container_id, address in self.ipam.leases().items():
                 found = self.overlay_endpoints(container_id)
                 if found:
                     members[address] = tuple(e.network_id for e in found)
-            self._members = members
+            with self._members_lock:
+                if gen == self._members_gen:  # else a change came meanwhile: rebuild next time
+                    self._members = members
         return members.get(ip, ())
+
+    def _members_changed(self) -> None:
+        with self._members_lock:
+            self._members_gen += 1
+            self._members = None
 
     def _overlay_file(self, container_id: str) -> Path:
         return self.overlays_dir / f"{container_id}.json"
