@@ -38,7 +38,7 @@ UNDERLAY_BRIDGE = f"psu{TOK}"
 UNDERLAY = f"198.19.{RUN_TOKEN % 256}"  # only inside the node namespaces made here
 NET_ID, VNI, SUBNET = "net1overlay", 4097, "10.214.77.0/24"
 NODE_ADDR = {"a": "10.214.77.2/24", "b": "10.214.77.3/24"}
-A_ID, B_ID = "a1" * 32, "b2" * 32
+A_ID, B_ID, C_ID = "a1" * 32, "b2" * 32, "c3" * 32
 
 
 # ---- the node process ------------------------------------------------------------------
@@ -236,6 +236,11 @@ def test_containers_on_two_nodes_reach_each_other_and_lose_a_removed_peer(
     assert ping(cb["netns"], "10.214.77.10")
     assert eventually(lambda: ping(a.netns, "10.214.77.11"))  # node A's own address routes in
     assert a.ok("networks_of", ip=ca["ip"])["networks"] == [NET_ID]
+    # A container of node A that is not on the network cannot route into it.
+    cc = a.ok("attach", id=C_ID, overlays=[])
+    assert not ping(cc["netns"], "10.214.77.11") and not ping(cc["netns"], "10.214.77.10")
+    assert ping(cc["netns"], "10.216.1.1")  # (its own bridge works)
+    a.ok("detach", id=C_ID)
 
     # Node A forgets B: its flood entry and what it learned from B go; B is out of reach.
     vxlan = f"{link_prefix(a.bridge)}x{VNI:x}"

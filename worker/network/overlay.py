@@ -21,6 +21,7 @@ it any more (a learned entry would otherwise keep unicast flowing for its 300 s 
 Learning would also let a removed node back in as soon as it sent a packet, so the node's
 nftables table gets an ``overlay_input`` chain that drops VXLAN packets of each network's
 VNI from any address that is not a peer: only the cluster's nodes can reach its overlays.
+An ``overlay_forward`` chain keeps networks apart on the node (see ``filter_script``).
 
 Names: ``ov`` + 5 hex digits of a hash of the engine's node bridge name + ``b``/``x`` + the
 VNI in hex (at most 14 characters). Two engines in one network namespace (tests, a lab) have
@@ -59,6 +60,7 @@ from pyswarm.worker.network.links import delete_link, mac_for
 from pyswarm.worker.network.nft import Nft
 
 INPUT_CHAIN = "overlay_input"
+FORWARD_CHAIN = "overlay_forward"
 VXLAN_PORT = 4789  # IANA's; Docker Swarm's and Linux's default
 MTU = 1450  # 1500 of the underlay less VXLAN's 50 bytes of outer headers
 MAX_VNI = (1 << 24) - 1
@@ -194,14 +196,15 @@ class OverlayNetworks:
             self._applied = {}
             if self._nft is not None and self._filter:
                 with contextlib.suppress(RuntimeFailure):  # the table may be gone already
-                    self._nft.run(f"delete chain ip {self._table} {INPUT_CHAIN}")
+                    self._nft.run(f"delete chain ip {self._table} {INPUT_CHAIN}\n"
+                                  f"delete chain ip {self._table} {FORWARD_CHAIN}")
             self._filter = ""
 
     def _sync_filter(self, plan: OverlayPlan) -> None:
         """Drop VXLAN packets of our VNIs from addresses that are not peers."""
         if self._nft is None:
             return
-        script = filter_script(self._table, plan)
+        script = filter_script(self._table, self.prefix, plan, self.bridge_name)
         if script != self._filter:
             self._nft.run(script)
             self._filter = script
@@ -216,21 +219,40 @@ class OverlayNetworks:
         self._firewalled = bridges
 
 
-def filter_script(table: str, plan: OverlayPlan) -> str:
-    """The ``overlay_input`` chain for a plan, as one nft transaction (replaces it whole).
+def filter_script(table: str, prefix: str, plan: OverlayPlan,
+                  bridge_name: Callable[[int], str]) -> str:
+    """The ``overlay_input`` and ``overlay_forward`` chains for a plan, as one nft
+    transaction (each replaced whole).
 
-    The VNI is matched in the VXLAN header (24 bits, 96 bits into the UDP header), so two
-    engines sharing a namespace each filter only their own networks' packets."""
+    Input: the VNI is matched in the VXLAN header (24 bits, 96 bits into the UDP header), so
+    two engines sharing a namespace each filter only their own networks' packets.
+
+    Forward: an overlay is reached by its own members, not routed into from elsewhere (the
+    node bridge, the underlay, another overlay): networks are isolated from each other, as
+    in Docker. What may enter an overlay bridge by routing is the load balancer's traffic
+    (DNAT'ed to a task's overlay address) and replies. Bridged traffic between a network's
+    own ports crosses this hook too where br_netfilter is loaded, with the bridge as both
+    input and output: accepted. Host processes (output, not forward) are not concerned.
+    """
     t = f"ip {table}"
-    lines = [f"add table {t}",
-             f"add chain {t} {INPUT_CHAIN} {{ type filter hook input priority -1; "
-             f"policy accept; }}",
-             f"flush chain {t} {INPUT_CHAIN}"]
+    ours = f'"{prefix}b*"'
+    lines = [f"add table {t}"]
+    for chain, hook in ((INPUT_CHAIN, "input"), (FORWARD_CHAIN, "forward")):
+        lines += [f"add chain {t} {chain} {{ type filter hook {hook} priority -1; "
+                  f"policy accept; }}", f"flush chain {t} {chain}"]
     peers = ", ".join(sorted(plan.peers, key=lambda ip: ipaddress.IPv4Address(ip)))
     for spec in plan.networks:
         match = f"udp dport {VXLAN_PORT} @th,96,24 {spec.vni}"
         lines.append(f"add rule {t} {INPUT_CHAIN} {match} ip saddr != {{ {peers} }} drop"
                      if peers else f"add rule {t} {INPUT_CHAIN} {match} drop")
+    lines += [f"add rule {t} {FORWARD_CHAIN} oifname {ours} ct status dnat accept",
+              f"add rule {t} {FORWARD_CHAIN} oifname {ours} ct state established,related "
+              f"accept"]
+    for spec in plan.networks:
+        bridge = bridge_name(spec.vni)
+        lines.append(f'add rule {t} {FORWARD_CHAIN} iifname "{bridge}" oifname "{bridge}" '
+                     f"accept")
+    lines.append(f"add rule {t} {FORWARD_CHAIN} oifname {ours} drop")
     return "\n".join(lines)
 
 
