@@ -43,6 +43,7 @@ from pyswarm.worker.engine.logs import LogLine, LogReader
 from pyswarm.worker.engine.service import LOG_POLL, ExitWatcher
 from pyswarm.worker.membership import JoinState, NodeCerts
 from pyswarm.worker.network.lb import ServiceLB
+from pyswarm.worker.network.overlay_sync import OverlaySync
 
 RENEW_CHECK = 3600.0  # seconds between checks whether the node certificate is due
 NO_ADVERTISE = ("could not find this system's IP address (it has no default route): "
@@ -82,6 +83,7 @@ class ClusterHost:
         self.manager: Manager | None = None
         self.agent: Agent | None = None
         self.lb: ServiceLB | None = None
+        self.overlay_sync: OverlaySync | None = None
         self.endpoint: TLSEndpoint | None = None
         self.manager_endpoint: ManagerEndpoint | None = None
         self.join_state: JoinState | None = None
@@ -292,10 +294,21 @@ class ClusterHost:
 
     def _start_agent(self, node_id: str, channel_factory: Callable[[], grpc.aio.Channel],
                      addr: str) -> None:
+        """The agent, with its hooks: the load balancer follows the node's tasks and the
+        cluster's NetworkState; the overlays and service DNS follow the NetworkState, with
+        this node's advertise address as the VXLAN tunnels' source."""
         self.lb = ServiceLB(self.engine.network)
-        sync = LBSync(self.lb)
+        lb_sync = LBSync(self.lb, node_id)
+        self.overlay_sync = OverlaySync(self.engine.network, local_addr=addr)
+        overlay_sync = self.overlay_sync
+
+        def on_network_state(state: cpb.NetworkState) -> None:
+            overlay_sync.update(state)
+            lb_sync.update_network(state)
+
         self.agent = Agent(self.engine, self.watcher, node_id, channel_factory, addr=addr,
-                           on_tasks_changed=sync.update, before_report=sync.settled)
+                           on_tasks_changed=lb_sync.update, before_report=lb_sync.settled,
+                           on_network_state=on_network_state)
         self._agent_run = asyncio.create_task(self.agent.run(), name="agent")
 
     # ---- certificate renewal ---------------------------------------------------------------
@@ -364,6 +377,8 @@ class ClusterHost:
                 await self._agent_run
         if self.agent is not None:
             await self.agent.close()
+        if self.overlay_sync is not None:
+            self.overlay_sync.close()
         if self.lb is not None:
             self.lb.close()
         await self._stop_manager()
