@@ -176,28 +176,26 @@ def _name_flag(name: str) -> str:
 
 def _form_cluster(lab: state.Lab, say: Callable[[str], None]) -> None:
     manager = lab.manager().layout(lab.name)
-    secure = cluster.token_joins()
-    cluster.init(manager, secure)
-    say(f"{manager.name}: manager (pyswarm init --advertise-addr {manager.address})")
+    cluster.init(manager)
+    say(f"{manager.name}: manager (pyswarm init --advertise-addr {manager.address} "
+        f"--listen-addr {manager.address}:{cluster.MANAGER_PORT})")
     tokens: dict[str, str] = {}
     members = [manager.name]
     for node in lab.nodes:
         n = node.layout(lab.name)
-        if n.name == manager.name or node.role == "standalone":
+        if n.name == manager.name:
             continue
-        if secure and node.role not in tokens:
-            tokens[node.role] = cluster.join_token(manager, node.role)
-        cluster.join(n, manager, tokens.get(node.role, ""))
-        members.append(n.name)
-        how = f"{manager.address}:{cluster.MANAGER_PORT}" if secure else "the manager's socket"
-        say(f"{n.name}: joined as {node.role} through {how}")
-    for node in lab.nodes:
         if node.role == "standalone":
-            say(f"{node.layout(lab.name).name}: standalone (its daemon runs; not joined)")
+            say(f"{n.name}: standalone (its daemon runs; not joined)")
+            continue
+        if node.role not in tokens:
+            tokens[node.role] = cluster.join_token(manager, node.role)
+        cluster.join(n, manager, tokens[node.role])
+        members.append(n.name)
+        say(f"{n.name}: joined as {node.role} (pyswarm join --token ... --advertise-addr "
+            f"{n.address} {manager.address}:{cluster.MANAGER_PORT})")
     cluster.wait_ready(manager, members)
-    say(f"cluster: {len(members)} node(s) ready"
-        + ("" if secure else " (joined through the manager's Unix socket: this pyswarm has no "
-           "token joins over the network yet)"))
+    say(f"cluster: {len(members)} node(s) ready")
 
 
 # ---- down --------------------------------------------------------------------------

@@ -2,16 +2,13 @@
 
 node1 runs ``pyswarm init --advertise-addr A1 --listen-addr A1:2377``; its join tokens come
 from ``pyswarm join-token -q worker|manager``; every other node runs ``pyswarm join --token
-T --advertise-addr AK A1:2377``, all over the lab network, inside each node.
-
-Until this installation's CLI has token joins (it says so in ``join --help``), nodes join
-through the manager's Unix socket instead, which works on one machine but does not go over
-the lab network (a partition then cuts nothing between manager and workers).
+T --advertise-addr AK A1:2377``, all over the lab network, inside each node: a partitioned
+node loses its manager as a machine would (mutual TLS over TCP, no shortcut through the
+manager's Unix socket).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Callable
@@ -26,18 +23,6 @@ class JoinError(RuntimeError):
     pass
 
 
-def token_joins() -> bool:
-    """Whether this CLI has ``join --token`` and ``join-token`` (the secure network join)."""
-    from pyswarm.cli.main import build_parser
-
-    for action in build_parser()._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            join = action.choices.get("join")
-            return "join-token" in action.choices and join is not None and any(
-                "--token" in a.option_strings for a in join._actions)
-    return False
-
-
 def _pyswarm(node: NodeLayout, *args: str) -> str:
     out = nodes.pyswarm(node, *args)
     if out.returncode != 0:
@@ -46,11 +31,9 @@ def _pyswarm(node: NodeLayout, *args: str) -> str:
     return out.stdout
 
 
-def init(manager: NodeLayout, secure: bool) -> None:
-    args = ["init", "--advertise-addr", manager.address]
-    if secure:
-        args += ["--listen-addr", f"{manager.address}:{MANAGER_PORT}"]
-    _pyswarm(manager, *args)
+def init(manager: NodeLayout) -> None:
+    _pyswarm(manager, "init", "--advertise-addr", manager.address,
+             "--listen-addr", f"{manager.address}:{MANAGER_PORT}")
 
 
 def join_token(manager: NodeLayout, role: str) -> str:
@@ -58,11 +41,8 @@ def join_token(manager: NodeLayout, role: str) -> str:
 
 
 def join(node: NodeLayout, manager: NodeLayout, token: str) -> None:
-    if token:
-        _pyswarm(node, "join", "--token", token, "--advertise-addr", node.address,
-                 f"{manager.address}:{MANAGER_PORT}")
-    else:
-        _pyswarm(node, "join", str(manager.socket))
+    _pyswarm(node, "join", "--token", token, "--advertise-addr", node.address,
+             f"{manager.address}:{MANAGER_PORT}")
 
 
 def node_list(manager: NodeLayout) -> list[dict[str, object]]:

@@ -113,6 +113,6 @@ case "$mode" in
   install) install_pyswarm ;;
   manager) [ $# -eq 2 ] || usage; install_pyswarm; init_manager "$@" ;;
   worker)  [ $# -eq 2 ] || usage; install_pyswarm; join_cluster "$@" ;;
-  join)    [ $# -ge 2 ] && [ $# -le 3 ] || usage; join_cluster "$@" ;;
+  join)    if [ $# -lt 2 ] || [ $# -gt 3 ]; then usage; fi; join_cluster "$@" ;;
   *) usage ;;
 esac
