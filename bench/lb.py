@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -276,7 +277,7 @@ def bench(opts: argparse.Namespace, base: Path) -> dict[str, float]:
                     "direct": f"http://{replicas[0]}:80/",
                     "nginx": f"http://127.0.0.1:{nginx_port}/"}
             for name, url in urls.items():
-                wait_until(lambda url=url: serving(url), 30, f"{name} at {url}")
+                wait_until(functools.partial(serving, url), 30, f"{name} at {url}")
             for close in (False, True):
                 for name, url in urls.items():
                     key = f"{name}_close" if close else name

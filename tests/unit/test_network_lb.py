@@ -480,6 +480,9 @@ class RecordingLB:
     def overlays(self) -> dict[str, str]:
         return {}
 
+    def overlays_pending(self) -> bool:
+        return False
+
     def __getattr__(self, name: str) -> Any:
         return lambda *args: self.calls.append((name, args))
 
@@ -506,3 +509,19 @@ def test_lb_sync_applies_the_merged_state_and_removes_what_is_gone() -> None:
                                                          "remove_vip"]
 
     asyncio.run(run())
+
+
+def test_lb_sync_waits_for_the_overlays_before_balancing_into_them() -> None:
+    recording = RecordingLB()
+
+    async def overlays_ready() -> None:
+        recording.calls.append(("networks_ready", ()))
+
+    async def run() -> None:
+        sync = lb_sync.LBSync(cast(ServiceLB, recording), node_id="me",
+                              networks_ready=overlays_ready)
+        sync.update_network(cluster_state({"t3": "other"}))
+        await sync.settled()
+
+    asyncio.run(run())
+    assert [name for name, _ in recording.calls][:2] == ["networks_ready", "set_overlays"]

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pyswarm.common.errors import PyswarmError
@@ -169,11 +169,17 @@ class LBSync:
 
     Wiring (the agent's hooks): ``on_tasks_changed=sync.update``,
     ``on_network_state=sync.update_network``, ``before_report=sync.settled``.
+
+    ``networks_ready``: awaited before each apply, e.g. ``OverlaySync.settled``: the overlays'
+    bridges (which hold this node's overlay addresses and route to other nodes' tasks) are
+    then in place before anything is balanced into them.
     """
 
-    def __init__(self, lb: ServiceLB, node_id: str | None = None) -> None:
+    def __init__(self, lb: ServiceLB, node_id: str | None = None,
+                 networks_ready: Callable[[], Awaitable[None]] | None = None) -> None:
         self.lb = lb
         self.node_id = node_id
+        self.networks_ready = networks_ready
         # What the kernel holds from before a restart counts as applied, so that services
         # and VIPs gone meanwhile are removed at the first update.
         self._applied = Wanted(
@@ -209,6 +215,9 @@ class LBSync:
 
     async def _flush(self) -> None:
         while self._dirty:
+            if self.networks_ready is not None:
+                with contextlib.suppress(Exception):  # its errors are its own to report
+                    await self.networks_ready()
             self._dirty = False
             # The merge reads the live controllers, so it runs here on the loop (it is
             # cheap); the kernel work runs in a thread.
@@ -218,7 +227,8 @@ class LBSync:
     def _apply(self, wanted: Wanted) -> None:
         applied = self._applied
         # Overlays first: the SNAT must be there before anything is balanced into them.
-        if applied.overlays != wanted.overlays:
+        # (Asked again while an overlay's interface was missing: see ServiceLB.set_overlays.)
+        if applied.overlays != wanted.overlays or self.lb.overlays_pending():
             if self._try("overlays", self.lb.set_overlays, wanted.overlays):
                 applied.overlays.clear()
                 applied.overlays.update(wanted.overlays)

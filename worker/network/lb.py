@@ -214,6 +214,7 @@ class _Impl(Protocol):
     def remove_vip(self, old: VipState) -> None: ...
     def overlay_state(self) -> dict[str, str]: ...
     def apply_overlays(self, overlays: Mapping[str, str]) -> None: ...
+    def overlays_pending(self) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -250,6 +251,7 @@ class _NftImpl:
     network: NodeNetwork
     table: str = field(init=False)
     holds: dict[PortKey, socket.socket] = field(default_factory=dict)
+    unplaced: set[str] = field(default_factory=set)  # overlay addresses on no interface yet
 
     def __post_init__(self) -> None:
         self.table = self.network.cfg.nft_table
@@ -336,8 +338,13 @@ class _NftImpl:
         return parse_overlays(self._objects())
 
     def apply_overlays(self, overlays: Mapping[str, str]) -> None:
-        allow_loopback_sources(overlays.values())
-        self.network._nft.run(base_script(self.table) + overlays_script(self.table, overlays))
+        if self.overlay_state() != overlays:
+            self.network._nft.run(base_script(self.table) + overlays_script(self.table,
+                                                                            overlays))
+        self.unplaced = allow_loopback_sources(overlays.values())
+
+    def overlays_pending(self) -> bool:
+        return bool(self.unplaced)
 
 
 def enable_hairpin(network: NodeNetwork, backends: Sequence[Backend]) -> None:
@@ -355,27 +362,30 @@ def enable_hairpin(network: NodeNetwork, backends: Sequence[Backend]) -> None:
             log.warning("cannot turn hairpin mode on for %s: %s", b.ip, e)
 
 
-def allow_loopback_sources(addresses: Iterable[str]) -> None:
+def allow_loopback_sources(addresses: Iterable[str]) -> set[str]:
     """``route_localnet=1`` on the interfaces holding these (this node's overlay) addresses.
 
     A host process's connection to 127.0.0.1:<published> DNATed to a task of another node
     leaves by the overlay's interface still carrying source 127.0.0.1 until postrouting's
     SNAT, and its answers come back to 127.0.0.1 by that interface: martians unless the
     interface allows them. The interfaces are found by the addresses they hold, so whatever
-    made them (the overlay driver) need not tell their names.
+    made them (the overlay driver) need not tell their names. Returns the addresses that no
+    interface holds (yet).
     """
     wanted = set(addresses)
     if not wanted:
-        return
+        return set()
     from pyroute2 import IPRoute  # lazily: only nodes on overlays need it
 
-    def holders() -> set[str]:
+    def holders() -> dict[str, str]:
         with IPRoute() as ipr:
-            return {str(ipr.get_links(a["index"])[0].get_attr("IFLA_IFNAME"))
+            return {str(a.get_attr("IFA_ADDRESS")):
+                    str(ipr.get_links(a["index"])[0].get_attr("IFLA_IFNAME"))
                     for a in ipr.get_addr(family=socket.AF_INET)
                     if a.get_attr("IFA_ADDRESS") in wanted}
 
-    names = off_loop(holders)
+    found = off_loop(holders)
+    names = set(found.values())
     for name in sorted(names):
         path = Path("/proc/sys/net/ipv4/conf") / name / "route_localnet"
         try:
@@ -383,6 +393,7 @@ def allow_loopback_sources(addresses: Iterable[str]) -> None:
                 path.write_text("1")
         except OSError as e:
             log.warning("cannot set route_localnet on %s: %s", name, e)
+    return wanted - found.keys()
 
 
 class ServiceLB:
@@ -478,8 +489,13 @@ class ServiceLB:
                     for s, a in overlays.items()}
         check_overlays(overlays)
         with self._lock:
-            if self._impl.overlay_state() != overlays:
+            if self._impl.overlay_state() != overlays or self._impl.overlays_pending():
                 self._impl.apply_overlays(overlays)
+
+    def overlays_pending(self) -> bool:
+        """Whether an overlay address had no interface yet when last set (set it again)."""
+        with self._lock:
+            return self._impl.overlays_pending()
 
     def overlays(self) -> dict[str, str]:
         with self._lock:

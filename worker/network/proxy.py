@@ -240,6 +240,9 @@ class ProxyLB:
     def apply_overlays(self, overlays: Mapping[str, str]) -> None:
         self._overlays = dict(overlays)
 
+    def overlays_pending(self) -> bool:
+        return False
+
     # ---- all ---------------------------------------------------------------------------
 
     def close(self) -> None:
