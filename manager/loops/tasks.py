@@ -39,7 +39,7 @@ def new_task(service: opb.Service, slot: int, node_id: str = "") -> opb.Task:
     task.endpoint.ports.extend(service.endpoint.ports or service.spec.endpoint.ports)
     task.status.state = S.TASK_STATE_NEW
     task.status.timestamp = now_rfc3339()
-    task.status.message = "created"
+    task.status.message = ""  # nothing to report: the allocator writes why it waits, if it does
     return task
 
 
