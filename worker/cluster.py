@@ -70,6 +70,7 @@ class ManagerEndpoint:
         return cls(data["listen_addr"], data["advertise_addr"])
 
     def save(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
         tmp = state_dir / "endpoint.json.tmp"
         tmp.write_text(json.dumps(asdict(self)))
         tmp.replace(state_dir / "endpoint.json")
@@ -176,14 +177,17 @@ class ClusterHost:
                     raise FailedPrecondition(
                         f"cannot listen on {format_addr(*listen)}: {exc.strerror or exc}; "
                         f"choose another address with --listen-addr") from None
+                endpoint = ManagerEndpoint(format_addr(*listen), advertise)
+                self._certs.save(self.cfg.root)
+                endpoint.save(self.state_dir)
                 await self.manager.store.update(lambda tx: ca.create_cluster(tx, cluster))
             except BaseException:
                 await self._stop_manager()
+                membership.remove_certs(self.cfg.root)
+                (self.state_dir / "endpoint.json").unlink(missing_ok=True)
                 raise
-            self._certs.save(self.cfg.root)
-            self.manager_endpoint = ManagerEndpoint(format_addr(*listen), advertise)
-            self.manager_endpoint.save(self.state_dir)
-            identity.save(self.state_dir)
+            self.manager_endpoint = endpoint
+            identity.save(self.state_dir)  # last: it is what marks this node a manager
             self._start_agent(identity.node_id, self._local_channel, advertise)
             self._renewals = asyncio.create_task(self._renew_loop(), name="certificate renewal")
             return cpb.InitResponse(node_id=identity.node_id, cluster_id=identity.cluster_id)

@@ -4,6 +4,7 @@ and the agent, with real containers, driven through the CLI as a user does."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,6 +51,26 @@ def running(d: Daemon, service: str, n: int) -> Callable[[], bool]:
     return check
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_args() -> list[str]:
+    """A manager's TLS port on a loopback port of its own: daemons of concurrent test runs
+    share this machine's network, so none may take the default 0.0.0.0:2377."""
+    return ["--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{free_port()}"]
+
+
+def join_command(manager: Daemon) -> tuple[str, str]:
+    """(token, manager address) from `join-token worker`, as a user copies them."""
+    line = next(x for x in manager.cli("join-token", "worker").stdout.splitlines()
+                if "pyswarm join --token" in x)
+    *_, token, addr = line.split()
+    return token, addr
+
+
 def write_stack(folder: Path, text: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "stack.yml"
@@ -74,7 +95,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     try:
         d.start()
         build_base_image(d)
-        out = d.cli("init")
+        out = d.cli("init", *init_args())
         assert "manager" in out.stdout
         yield d
     finally:
@@ -286,7 +307,7 @@ def test_etcd_store(etcd_server: Any, tmp_path_factory: pytest.TempPathFactory, 
     try:
         d.start()
         build_base_image(d)
-        d.cli("init", "--store", f"etcd://{etcd_server.endpoint}/cluster-test/")
+        d.cli("init", "--store", f"etcd://{etcd_server.endpoint}/cluster-test/", *init_args())
         stack = write_stack(tmp_path / "etcd", SLEEPER.format(replicas=2))
         d.cli("deploy", "-c", str(stack), "--name", "et", "--timeout", "60")
         ids = {t["id"] for t in tasks(d, "et_app")}
@@ -302,12 +323,9 @@ def test_etcd_store(etcd_server: Any, tmp_path_factory: pytest.TempPathFactory, 
 
 
 def test_hello_example_spreads_requests_over_its_replicas(cluster: Daemon) -> None:
-    import socket
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     stack = Path(__file__).resolve().parents[2] / "examples" / "hello" / "stack.yml"
     cluster.cli("deploy", "-c", str(stack), "--name", "hello", "--timeout", "60",
                 extra_env={"HELLO_PORT": str(port)})
@@ -324,7 +342,7 @@ def test_hello_example_spreads_requests_over_its_replicas(cluster: Daemon) -> No
         cluster.cli("stack", "rm", "hello")
 
 
-# ---- two nodes on one machine: a second daemon joined through the manager's socket ------
+# ---- two nodes on one machine: a second daemon joined with the manager's worker token -----
 
 
 @pytest.fixture(scope="module")
@@ -334,7 +352,8 @@ def node2(cluster: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     try:
         d.start()
         build_base_image(d)  # images are not distributed by the cluster yet
-        d.cli("join", str(cluster.run_dir / "pyswarm.sock"))
+        token, addr = join_command(cluster)
+        d.cli("join", "--token", token, "--advertise-addr", "127.0.0.1", addr)
         wait_for("node2 ready", lambda: [n for n in cluster.json_lines(
             "node", "ls", "--format", "json") if n["hostname"] == "node2"
             and n["status"] == "ready"])
@@ -356,9 +375,10 @@ def node_id(d: Daemon, hostname: str) -> str:
                 if n["hostname"] == hostname)
 
 
-def test_join_needs_a_manager_socket(node2: Daemon, tmp_path: Path) -> None:
-    out = node2.cli("join", str(tmp_path / "nothing.sock"), check=False)
-    assert out.returncode == 125 and "already part of a cluster" in out.stderr
+def test_a_member_cannot_join_again(cluster: Daemon, node2: Daemon) -> None:
+    token, addr = join_command(cluster)
+    out = node2.cli("join", "--token", token, addr, check=False)
+    assert out.returncode == 125 and "already part of a swarm" in out.stderr
 
 
 def test_tasks_spread_and_a_drained_node_s_tasks_move(cluster: Daemon, node2: Daemon,
