@@ -13,8 +13,8 @@ Policy:
   allocated; until then it waits in NEW with the reason in its status message.
 - Every node has an address on "ingress"; on an overlay, while a live task of that
   overlay is placed on it.
-- A failed transaction (another manager wrote meanwhile, or a bug) rebuilds the memory from
-  the store and marks everything dirty: the store is the truth, the memory a cache of it.
+- A failed write (another manager wrote meanwhile, or a bug) rebuilds the memory from the
+  store and marks everything dirty: the store is the truth, the memory a cache of it.
 """
 
 from __future__ import annotations
@@ -154,13 +154,15 @@ class AllocatorLoop:
     async def _tick(self) -> None:
         if not (self._networks or self._services or self._tasks or self._nodes):
             return
+        # In batches: thousands of new tasks may exceed one etcd transaction. A batch that
+        # fails part-way leaves its first commits in the store, which the rebuild reads.
         try:
-            await self.store.update(self._allocate)
+            await self.store.batch(self._allocate)
         except Exception:  # noqa: BLE001 - the store is the truth: start again from it
             log.warning("allocator: transaction failed; rebuilding from the store",
                         exc_info=True)
             self._reset(self.store.view())
-            await self.store.update(self._allocate)
+            await self.store.batch(self._allocate)
 
     def _allocate(self, tx: WriteTx) -> None:
         network_ids, self._networks = self._networks, set()
