@@ -705,7 +705,7 @@ def _set_role(a: argparse.Namespace, role: str) -> int:
     for ref in a.nodes:
         try:
             node = stub.GetNode(_pb().GetRequest(id=ref))
-            if node.role == wanted and node.spec.desired_role == wanted:
+            if node.role == wanted:
                 print(f"Node {ref} is already a {role}.")
                 continue
             spec = ob.NodeSpec()
