@@ -303,6 +303,7 @@ def test_a_restarted_allocator_rebuilds_from_the_store_and_reuses_nothing_in_use
         assert len(set(vips)) == len(vips)
         assert again.service("s_web").endpoint.ports[0].published_port == before_port
         assert again.service("s_api").endpoint.ports[0].published_port != before_port
+        assert len(again.store.view().find("network", name="ingress")) == 1  # idempotent
         # The rebuilt memory holds exactly what live tasks and nodes hold.
         held = sum(len(space.pool) for space in again.allocator.alloc.spaces.values())
         assert held == len(addrs)
@@ -360,6 +361,26 @@ def test_overlapping_subnets_are_refused_whole_at_deploy() -> None:
         with pytest.raises(Conflict, match="already has subnet 10.1.0.0/24"):
             await c.deploy([service_spec("web")], [network_spec("default", "10.2.0.0/24")])
         assert c.store.revision == revision
+        await c.stop()
+
+    run(body)
+
+
+def test_a_service_created_outside_a_deploy_with_a_taken_port_waits_and_says_why() -> None:
+    async def body() -> None:
+        c = await Cluster.start()
+        await c.deploy([service_spec("web", ports=((80, 8080, INGRESS),))])
+        await c.placed("s_web", 1)
+        clash = service_spec("other", ports=((80, 8080, INGRESS),), stack="t")
+        clash.task.networks[0].target = "s_default"
+        await c.write(lambda tx: control.create_service(tx, clash))
+        reason = "service t_other: port 8080/tcp is already published by another service"
+        await until(lambda: [t.status.message for t in c.tasks("t_other")] == [reason],
+                    "the reason shown")
+        assert [t.status.state for t in c.tasks("t_other")] == [S.TASK_STATE_NEW]
+        # Once the port is free, the waiting task goes on.
+        await c.write(lambda tx: control.remove_service(tx, "s_web"))
+        await c.placed("t_other", 1)
         await c.stop()
 
     run(body)
