@@ -13,6 +13,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -21,6 +22,7 @@ from pyswarm.common import pki
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from tests.engine_fixtures import Daemon, build_base_image, cleanup, engine_env
+from tests.etcd_fixtures import etcd_server  # noqa: F401  (a real etcd for the etcd store)
 from tests.root.test_cluster import SLEEPER, tasks, wait_for, write_stack
 
 pytestmark = pytest.mark.root
@@ -245,3 +247,42 @@ def test_node_rm_refuses_a_live_node_without_force_and_a_removed_node_is_shut_ou
     # Its agent keeps knocking; it is refused each time and never registered again.
     wait_for("another refusal", lambda: outsider.log().count("has been removed") >= 2)
     assert "tls-x" not in swarm.nodes()
+
+
+# ---- a manager token with an etcd store ----------------------------------------------------
+
+
+def test_with_an_etcd_store_a_manager_token_registers_a_manager(
+        etcd_server: Any, tmp_path_factory: pytest.TempPathFactory,  # noqa: F811
+) -> None:
+    manager = new_daemon(tmp_path_factory, 7, "tls-etcd-m")
+    second = new_daemon(tmp_path_factory, 8, "tls-etcd-2")
+    addr = f"127.0.0.1:{free_port()}"
+    try:
+        manager.start()
+        second.start()
+        manager.cli("init", "--store", f"etcd://{etcd_server.endpoint}/tls-{free_port()}/",
+                    "--advertise-addr", "127.0.0.1", "--listen-addr", addr)
+        token = manager.cli("join-token", "-q", "manager").stdout.strip()
+        out = second.cli("join", "--token", token, "--advertise-addr", "127.0.0.1", addr)
+        assert out.stdout.startswith("This node joined a swarm as a manager.")
+        assert "it runs tasks as a worker does" in out.stdout
+
+        def second_node() -> dict[str, Any] | None:
+            for n in manager.json_lines("node", "ls", "--format", "json"):
+                if n["hostname"] == "tls-etcd-2" and n["status"] == "ready":
+                    return n
+            return None
+
+        node = wait_for("the second manager ready", second_node)
+        assert node["role"] == "manager"
+        identity = pki.identity_of((second.root / "certificates" / "node.crt").read_bytes())
+        assert identity.role == "manager"
+        # Two managers: the joined one can be demoted (the one serving requests cannot).
+        assert manager.cli("node", "demote", "tls-etcd-2").stdout == (
+            "Manager tls-etcd-2 demoted in the swarm.\n")
+        assert manager.cli("node", "promote", "tls-etcd-2").stdout == (
+            "Node tls-etcd-2 promoted to a manager in the swarm.\n")
+    finally:
+        cleanup(second)
+        cleanup(manager)
