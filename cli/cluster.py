@@ -46,6 +46,8 @@ def _explain(exc: Exception) -> CLIError:
     if isinstance(exc, grpc.RpcError):
         code, details = exc.code(), (exc.details() or "")
         if code == grpc.StatusCode.FAILED_PRECONDITION and "not a swarm manager" in details.lower():
+            if "worker nodes" in details.lower():
+                return CLIError(f"Error response from daemon: {details[:1].upper()}{details[1:]}")
             return CLIError(NOT_MANAGER)
         if code == grpc.StatusCode.UNIMPLEMENTED:
             return CLIError("Error response from daemon: this daemon does not serve the "

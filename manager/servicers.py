@@ -46,13 +46,18 @@ class ManagerHost(Protocol):
     def log_stream(self, task: opb.Task, follow: bool, tail: int) -> AsyncIterator[Any]: ...
 
 
+WORKER_NODE = ("this node is not a swarm manager. Worker nodes can't be used to view or "
+               "modify cluster state: run this command on a manager node")
+
+
 class NotManager(FailedPrecondition):
     pass
 
 
 def _manager(host: ManagerHost) -> Manager:
     if host.manager is None:
-        raise NotManager(NOT_A_MANAGER)
+        member = getattr(host, "join_state", None) is not None
+        raise NotManager(WORKER_NODE if member else NOT_A_MANAGER)
     return host.manager
 
 

@@ -100,6 +100,8 @@ def test_joined_worker_is_ready_with_its_address_and_runs_a_task(swarm: Swarm,
                                     (certs / "root_ca.crt").read_bytes())
     assert (identity.node_id, identity.role) == (node["id"], "worker")
     assert json.loads((swarm.worker.root / "join.json").read_text())["manager_addr"] == swarm.addr
+    out = swarm.worker.cli("node", "ls", check=False)
+    assert out.returncode != 0 and "Worker nodes can't be used" in out.stderr
 
     stack = write_stack(tmp_path / "tls", SLEEPER.format(replicas=1).replace(
         "      replicas: 1", "      replicas: 1\n      placement:\n"
