@@ -4,7 +4,10 @@
     10.215.0.0/16   service virtual IPs, one per service and network (never inside a
                     network's subnet: VIP traffic is routed through each node's host
                     namespace, where nftables DNATs it to a task)
-    10.255.0.0/16   "ingress", the routing mesh every node takes part in (VNI 4096)
+    10.212.0.0/16   "ingress", the routing mesh every node takes part in (VNI 4096).
+                    Not Docker's 10.0.0.0/24 nor 10.255/16: each node routes this subnet
+                    into its ingress bridge, so it must not hold addresses the hosts
+                    need (a cloud resolver at 10.255.255.53 was hidden by 10.255/16).
 
 A task spec names its networks by cluster name ("<stack>_<name>", as the stack loader
 scopes them) or by id. A service that publishes a port in ingress mode is attached to
@@ -24,7 +27,7 @@ OVERLAY_POOL = ipaddress.IPv4Network("10.214.0.0/16")
 OVERLAY_PREFIX = 24
 VIP_POOL = ipaddress.IPv4Network("10.215.0.0/16")
 INGRESS_NAME = "ingress"
-INGRESS_SUBNET = ipaddress.IPv4Network("10.255.0.0/16")
+INGRESS_SUBNET = ipaddress.IPv4Network("10.212.0.0/16")
 INGRESS_LABEL = "pyswarm.network.ingress"
 INGRESS_VNI = 4096
 FIRST_VNI = 4097

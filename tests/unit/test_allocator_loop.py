@@ -191,7 +191,7 @@ def test_only_services_publishing_in_ingress_mode_join_ingress() -> None:
                         service_spec("db", ports=((5432, 5432, HOST),)),
                         service_spec("worker")])
         ingress = nets.ingress(c.store.view())
-        assert ingress is not None and ingress.subnet == "10.255.0.0/16"
+        assert ingress is not None and ingress.subnet == "10.212.0.0/16"
         assert ingress.vni == nets.INGRESS_VNI
         for name, joins in (("s_web", True), ("s_api", True), ("s_db", False),
                             ("s_worker", False)):
@@ -353,7 +353,7 @@ def test_overlapping_subnets_are_refused_whole_at_deploy() -> None:
         assert c.network("s_default").subnet == "10.1.0.0/24"
         revision = c.store.revision
         for subnet, clash in (("10.1.0.128/25", "network s_default"),
-                              ("10.255.3.0/24", "the ingress network"),
+                              ("10.212.3.0/24", "the ingress network"),
                               ("10.215.0.0/24", "the service VIP pool")):
             with pytest.raises(Conflict, match=f"subnet {subnet} overlaps {clash}"):
                 await c.deploy([service_spec("api", stack="t")],
