@@ -30,6 +30,10 @@ class EngineConfig:
     subnet: str = DEFAULT_SUBNET
     nft_table: str = DEFAULT_NFT_TABLE
     cgroup_parent: str = DEFAULT_CGROUP_PARENT
+    # Where the node's service DNS forwards names that are not the cluster's: "" = the
+    # host's /etc/resolv.conf, "none" = nowhere (SERVFAIL at once: labs and tests, whose
+    # nodes must not send queries off the machine), else "IP[,IP...]".
+    dns_upstreams: str = ""
 
     @property
     def socket_path(self) -> Path:
@@ -65,4 +69,5 @@ class EngineConfig:
             subnet=e.get("PYSWARM_SUBNET", DEFAULT_SUBNET),
             nft_table=e.get("PYSWARM_NFT_TABLE", DEFAULT_NFT_TABLE),
             cgroup_parent=e.get("PYSWARM_CGROUP_PARENT", DEFAULT_CGROUP_PARENT),
+            dns_upstreams=e.get("PYSWARM_DNS_UPSTREAMS", ""),
         )

@@ -107,6 +107,7 @@ def engine_env(base: Path, index: int = 0) -> dict[str, str]:
         PYSWARM_BRIDGE=f"pswt{RUN_TOKEN:03x}{index:x}",
         PYSWARM_SUBNET=f"10.{216 + slot // 256}.{slot % 256}.0/24",  # clear of 10.213/16, 10.214/16
         PYSWARM_NFT_TABLE=f"pyswarm_t{RUN_TOKEN:03x}_{index}",
+        PYSWARM_DNS_UPSTREAMS="none",  # tests send no query off the machine
     )
 
 

@@ -42,6 +42,7 @@ from pyswarm.worker.engine.core import Engine
 from pyswarm.worker.engine.logs import LogLine, LogReader
 from pyswarm.worker.engine.service import LOG_POLL, ExitWatcher
 from pyswarm.worker.membership import JoinState, NodeCerts
+from pyswarm.worker.network.dns import configured_upstreams
 from pyswarm.worker.network.lb import ServiceLB
 from pyswarm.worker.network.overlay_sync import OverlaySync
 
@@ -302,9 +303,11 @@ class ClusterHost:
         cluster's NetworkState; the overlays and service DNS follow the NetworkState, with
         this node's advertise address as the VXLAN tunnels' source."""
         self.lb = ServiceLB(self.engine.network)
-        lb_sync = LBSync(self.lb, node_id)
-        self.overlay_sync = OverlaySync(self.engine.network, local_addr=addr)
+        self.overlay_sync = OverlaySync(self.engine.network, local_addr=addr,
+                                        upstreams=configured_upstreams(self.cfg.dns_upstreams))
         overlay_sync = self.overlay_sync
+        # The overlay bridges exist before anything is balanced into them.
+        lb_sync = LBSync(self.lb, node_id, networks_ready=overlay_sync.settled)
 
         def on_network_state(state: cpb.NetworkState) -> None:
             overlay_sync.update(state)

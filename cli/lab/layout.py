@@ -137,10 +137,12 @@ class NodeLayout:
         """The node's PYSWARM_* settings: what its daemon and its CLI read.
 
         Bridge, subnet and nftables table stay the defaults: each node has a network
-        namespace of its own, so they cannot clash with another node's or the host's.
+        namespace of its own, so they cannot clash with another node's or the host's. The
+        service DNS forwards nothing: lab nodes have no way off the machine, and must not.
         """
         return {"PYSWARM_ROOT": str(self.root), "PYSWARM_RUN": str(self.run),
-                "PYSWARM_NODE_NAME": self.name, "PYSWARM_CGROUP_PARENT": self.cgroup_parent}
+                "PYSWARM_NODE_NAME": self.name, "PYSWARM_CGROUP_PARENT": self.cgroup_parent,
+                "PYSWARM_DNS_UPSTREAMS": "none"}
 
 
 def node_layouts(lab: str, net: ipaddress.IPv4Network, nodes: int) -> list[NodeLayout]:

@@ -113,7 +113,8 @@ class Agent:
                                asyncio.create_task(self._reporter(stub))]
                     self._outbox_ready.set()  # resend what changed while disconnected
                 self._period = message.heartbeat_period_ms / 1000 or 1.0
-                self._apply(message.assignments)
+                if message.HasField("assignments"):  # absent: a network-only message
+                    self._apply(message.assignments)
                 if message.HasField("network"):
                     self.network_state = message.network
                     if self.on_network_state is not None:

@@ -46,6 +46,8 @@ def to_pb(record: ContainerRecord) -> pb.Container:
         memory_bytes=record.memory_bytes, cpus=record.cpus, pids_limit=record.pids_limit,
         env=record.env, workdir=record.workdir, user=record.user,
         auto_remove=record.auto_remove,
+        overlays=[pb.OverlayAttachment(network_id=o.network_id, address=o.address)
+                  for o in record.overlays],
     )
 
 

@@ -48,7 +48,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from pyswarm.common.errors import RuntimeFailure
+from pyswarm.common.errors import InvalidArgument, RuntimeFailure
 from pyswarm.proto import cluster_pb2 as cpb
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,24 @@ def _ip(text: str) -> str | None:
 
 def _ip_key(ip: str) -> int:
     return int(ipaddress.IPv4Address(ip))
+
+
+def configured_upstreams(setting: str) -> list[Upstream] | None:
+    """PYSWARM_DNS_UPSTREAMS: "" → None (the host's resolv.conf), "none" → [], else a list
+    of IPs separated by commas."""
+    setting = setting.strip()
+    if not setting:
+        return None
+    if setting == "none":
+        return []
+    found = []
+    for item in setting.split(","):
+        try:
+            found.append(Upstream(str(ipaddress.ip_address(item.strip()))))
+        except ValueError:
+            raise InvalidArgument(f'PYSWARM_DNS_UPSTREAMS: "{item.strip()}" is not an IP '
+                                  f'address (give IP[,IP...], or "none")') from None
+    return found
 
 
 def host_nameservers(path: str = "/etc/resolv.conf") -> list[Upstream]:

@@ -348,18 +348,27 @@ class _NftImpl:
 
 
 def enable_hairpin(network: NodeNetwork, backends: Sequence[Backend]) -> None:
-    """Let the bridge send a frame back by the port it came in by, for local backends."""
+    """Let the bridge send a frame back by the port it came in by, for local backends.
+
+    By netlink, not /sys/class/net: a daemon that entered only a network namespace (a lab
+    node) still sees the host's sysfs, where its veths do not exist.
+    """
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     local = {ip: cid for cid, ip in network.ipam.leases().items()}
-    for b in backends:
-        if (cid := local.get(b.ip)) is None:
-            continue  # not a container of this node
-        path = Path("/sys/class/net") / veth_name(cid) / "brport" / "hairpin_mode"
-        try:
-            if path.read_text().strip() != "1":
-                path.write_text("1")
-        except OSError as e:
-            # A backend being detached: not worth failing the whole service for.
-            log.warning("cannot turn hairpin mode on for %s: %s", b.ip, e)
+    names = [veth_name(cid) for b in backends if (cid := local.get(b.ip)) is not None]
+    if not names:
+        return
+    with IPRoute() as ipr:
+        for name in names:
+            found = ipr.link_lookup(ifname=name)
+            if not found:
+                continue  # a backend being detached: not worth failing the service for
+            try:
+                ipr.brport("set", index=found[0], mode=1)  # IFLA_BRPORT_MODE: hairpin
+            except NetlinkError as e:
+                log.warning("cannot turn hairpin mode on for %s: %s", name, e)
 
 
 def allow_loopback_sources(addresses: Iterable[str]) -> set[str]:
