@@ -102,6 +102,44 @@ def bench_pyswarm(sizes: list[int], base: Path, timeout: float) -> dict[str, flo
 # ---- Docker Swarm -------------------------------------------------------------------------
 
 
+DOCKER_TOOLS = ("dockerd", "containerd", "docker")
+DOCKER_IMAGE = "pyswarm-bench/busybox:latest"
+
+
+def docker_missing() -> str | None:
+    """Why Docker Swarm cannot be measured here, or None when its tools are installed."""
+    if all(shutil.which(tool) for tool in DOCKER_TOOLS):
+        return None
+    return "dockerd is not installed (apt-get install docker.io)"
+
+
+def busybox_tar(folder: Path, layer_dirs: list[str]) -> Path:
+    """pyswarm's busybox image as one rootfs tar for `docker import` (no image can be pulled
+    here): its layers merged (busybox:latest has no whiteouts)."""
+    tar = folder / "busybox.tar"
+    rootfs = folder / "rootfs"
+    rootfs.mkdir()
+    for layer in layer_dirs:
+        subprocess.run(["cp", "-a", f"{layer}/.", str(rootfs)], check=True)
+    subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tar), "."], check=True)
+    return tar
+
+
+def docker_import(tar: Path, env: dict[str, str], image: str = DOCKER_IMAGE) -> None:
+    subprocess.run(["docker", "import", "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:"
+                    "/usr/sbin:/usr/bin:/sbin:/bin", str(tar), image],
+                   env=env, check=True, capture_output=True)
+
+
+def unmount_under(root: Path) -> None:
+    """Lazily unmount whatever dockerd and containerd left mounted under root, deepest
+    first (overlay rootfs, shm, netns bind mounts)."""
+    for mount in reversed(Path("/proc/self/mounts").read_text().splitlines()):
+        target = mount.split()[1]
+        if target.startswith(str(root)):
+            subprocess.run(["umount", "-l", target], capture_output=True)
+
+
 def eth0_address() -> str:
     out = subprocess.run(["ip", "-4", "-o", "addr", "show", "eth0"], capture_output=True,
                          text=True).stdout.split()
@@ -110,8 +148,9 @@ def eth0_address() -> str:
 
 def bench_docker(sizes: list[int], base: Path, layer_dirs: list[str],
                  timeout: float) -> dict[str, float] | str:
-    if not (shutil.which("dockerd") and shutil.which("containerd") and shutil.which("docker")):
-        return "skipped: dockerd is not installed (apt-get install docker.io)"
+    missing = docker_missing()
+    if missing:
+        return f"skipped: {missing}"
     root = base / "docker"
     root.mkdir()
     sock = root / "docker.sock"
@@ -138,19 +177,10 @@ def bench_docker(sizes: list[int], base: Path, layer_dirs: list[str],
             return "skipped: dockerd did not start (see its log)"
         subprocess.run(["docker", "swarm", "init", "--advertise-addr", eth0_address()],
                        env=env, check=True, capture_output=True)
-        tar = root / "busybox.tar"
-        rootfs = root / "rootfs"  # the image's layers merged (busybox:latest has no whiteouts)
-        rootfs.mkdir()
-        for layer in layer_dirs:
-            subprocess.run(["cp", "-a", f"{layer}/.", str(rootfs)], check=True)
-        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tar), "."], check=True)
-        subprocess.run(["docker", "import", "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:"
-                        "/usr/sbin:/usr/bin:/sbin:/bin", str(tar), "pyswarm-bench/busybox:latest"],
-                       env=env, check=True, capture_output=True)
+        docker_import(busybox_tar(root, layer_dirs), env)
         figures: dict[str, float] = {}
         for n in sizes:
-            stack = stack_with_replicas(base, n, image="pyswarm-bench/busybox:latest",
-                                        ports=False)
+            stack = stack_with_replicas(base, n, image=DOCKER_IMAGE, ports=False)
             start = time.perf_counter()
             for _attempt in range(20):  # the last stack's network may still be going away
                 deploy = subprocess.run(
@@ -197,10 +227,7 @@ def bench_docker(sizes: list[int], base: Path, layer_dirs: list[str],
         subprocess.run(["iptables-restore"], input=saved_rules, text=True, capture_output=True)
         for link in set(os.listdir("/sys/class/net")) - links_before:  # docker0, gwbridge...
             subprocess.run(["ip", "link", "delete", link], capture_output=True)
-        for mount in reversed(Path("/proc/self/mounts").read_text().splitlines()):
-            target = mount.split()[1]
-            if target.startswith(str(root)):
-                subprocess.run(["umount", "-l", target], capture_output=True)
+        unmount_under(root)
 
 
 def main() -> int:
