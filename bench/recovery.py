@@ -1,0 +1,154 @@
+"""Failure recovery: a node dies, how long until every replica runs again?
+
+    python bench/recovery.py [--rounds 10] [--replicas 30] [--peer-rounds 1] [--json]
+
+pyswarm: a 3-node lab (`pyswarm lab up`: node1 the manager, node2 and node3 workers, each a
+network namespace with its own real daemon), one service of N replicas (`sleep`, unpublished,
+the same workload as the Docker side). Each round `lab kill`s a worker — SIGKILL of its
+daemon and every container of it, a crashed machine — and times:
+
+- down: from the kill until the manager shows the node down;
+- recovery: from the kill until N tasks of the service are RUNNING on the nodes still alive.
+
+Then `lab start` brings the node back (it rejoins; its stale tasks are stopped) and the next
+round kills the other worker. Docker Swarm, three dockerds in three namespaces on a lab
+bridge (bench/peers/docker_lab.py), runs the same rounds in the same run; its rounds are few
+because each takes over a minute. Ratios are pyswarm / Docker (lower is better); a peer that
+cannot run here is reported as skipped, never as a pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.lab_fixtures import Lab, lab_cluster, wait_for  # noqa: E402
+
+STACK = """\
+services:
+  sleeper:
+    image: busybox
+    command: ["sleep", "1d"]
+    stop_grace_period: 1s
+    deploy:
+      replicas: {replicas}
+"""
+
+
+def running_elsewhere(lab: Lab, dead: str) -> int:
+    """Tasks of the service RUNNING (observed and desired) on nodes other than `dead`."""
+    rows = lab.json_lines("service", "ps", "bench_sleeper", "--format", "json")
+    return sum(1 for r in rows
+               if r["state"] == "running" and r["desired_state"] == "running"
+               and r["node"] != dead)
+
+
+def bench_pyswarm(rounds: int, replicas: int, progress: Any) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="pyswarm-bench-recovery-") as tmp, \
+            lab_cluster(3, index=7) as lab:
+        stack = Path(tmp) / "stack.yml"
+        stack.write_text(STACK.format(replicas=replicas))
+        # The lab's nodes read files through the host's filesystem: same path.
+        start = time.perf_counter()
+        lab.cli("deploy", "-c", str(stack), "--name", "bench", "--detach")
+        wait_for(f"{replicas} replicas", lambda: running_elsewhere(lab, "") == replicas, 300)
+        converge = time.perf_counter() - start
+        progress(f"pyswarm: {replicas} replicas running in {converge:.2f} s")
+        downs: list[float] = []
+        recoveries: list[float] = []
+        for i in range(rounds):
+            victim = ("node2", "node3")[i % 2]
+            t0 = time.perf_counter()
+            lab.kill(victim)
+            down_at = recovered_at = 0.0
+            deadline = t0 + 120
+            while time.perf_counter() < deadline and not (down_at and recovered_at):
+                now = time.perf_counter()
+                if not down_at and lab.status(victim) == "down":
+                    down_at = now
+                if not recovered_at and running_elsewhere(lab, victim) == replicas:
+                    recovered_at = now
+                time.sleep(0.05)
+            if not recovered_at:
+                raise SystemExit(f"round {i + 1}: {replicas} replicas were not running again "
+                                 f"120 s after killing {victim}")
+            downs.append((down_at or float("nan")) - t0)
+            recoveries.append(recovered_at - t0)
+            progress(f"pyswarm round {i + 1}/{rounds}: {victim} killed, down after "
+                     f"{downs[-1]:.2f} s, {replicas} running again after {recoveries[-1]:.2f} s")
+            lab.start(victim)
+            lab.wait_status(victim, "ready", 60)
+            # Its stale containers go; the service settles at exactly `replicas`.
+            wait_for("the service to settle", lambda: running_elsewhere(lab, "") == replicas, 60)
+        return {
+            "pyswarm_converge_seconds": round(converge, 2),
+            "pyswarm_recovery_median_s": round(statistics.median(recoveries), 3),
+            "pyswarm_recovery_max_s": round(max(recoveries), 3),
+            "pyswarm_down_detect_median_s": round(statistics.median(downs), 3),
+            "pyswarm_rounds": rounds,
+        }
+
+
+def bench_docker(rounds: int, replicas: int, progress: Any) -> dict[str, Any]:
+    try:
+        from bench.peers.docker_lab import docker_recovery
+    except ImportError as exc:
+        return {"docker_skipped": f"bench/peers/docker_lab.py unavailable: {exc}"}
+    from pyswarm.common.paths import EngineConfig
+    from pyswarm.worker.images.store import ImageStore
+
+    try:
+        image = ImageStore(EngineConfig.from_env().images_dir).get("busybox:latest")
+    except Exception as exc:  # noqa: BLE001 - reported, not fatal
+        return {"docker_skipped": f"no busybox:latest in the host's image store ({exc}); "
+                                  f"run make setup"}
+    with tempfile.TemporaryDirectory(prefix="pyswarm-bench-docker-") as tmp:
+        return dict(docker_recovery(Path(tmp), list(image.layer_dirs), nodes=3,
+                                    replicas=replicas, rounds=rounds, progress=progress))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=10, help="pyswarm rounds (default 10)")
+    parser.add_argument("--peer-rounds", type=int, default=1,
+                        help="Docker Swarm rounds (default 1: each takes over a minute); "
+                        "0 skips the peer")
+    parser.add_argument("--replicas", type=int, default=30)
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    opts = parser.parse_args()
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr if opts.json else sys.stdout, flush=True)
+
+    figures: dict[str, Any] = {"replicas": opts.replicas}
+    figures.update(bench_pyswarm(opts.rounds, opts.replicas, progress))
+    if opts.peer_rounds > 0:
+        figures.update(bench_docker(opts.peer_rounds, opts.replicas, progress))
+    else:
+        figures["docker_skipped"] = "--peer-rounds 0"
+    docker = figures.get("docker_recovery_median_s")
+    if isinstance(docker, (int, float)) and docker > 0:
+        figures["recovery_ratio"] = round(figures["pyswarm_recovery_median_s"] / docker, 4)
+    docker_down = figures.get("docker_down_detect_s")
+    if isinstance(docker_down, (int, float)) and docker_down > 0:
+        figures["down_detect_ratio"] = round(
+            figures["pyswarm_down_detect_median_s"] / docker_down, 4)
+    if opts.json:
+        print(json.dumps(figures))
+    else:
+        for key, value in figures.items():
+            print(f"{key:34} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
