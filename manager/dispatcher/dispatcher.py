@@ -184,7 +184,11 @@ class Dispatcher:
 
     async def _watch_liveness(self) -> None:
         while True:
-            await asyncio.sleep(self.cfg.heartbeat_period / 2)
+            # Wake when the first node is due (not on a fixed tick, which added up to half a
+            # period to every failure's detection), and at least every half period.
+            due = min(self._last_beat.values(), default=time.monotonic()) + self.cfg.down_after
+            await asyncio.sleep(min(max(due - time.monotonic(), 0.01),
+                                    self.cfg.heartbeat_period / 2))
             now = time.monotonic()
             dead = [n for n, t in self._last_beat.items() if now - t > self.cfg.down_after]
             if not dead:

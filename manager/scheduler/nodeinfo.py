@@ -74,7 +74,8 @@ def build_node_infos(nodes: Mapping[str, Node] | Iterable[Node], live_tasks: Ite
 
     ``live_tasks``: tasks on nodes that still hold resources (observed state not terminal);
     only those also desired RUNNING count towards spread. ``failed_tasks``: tasks that
-    ended FAILED or REJECTED; those within RECENT_FAILURE_WINDOW of ``now`` are recorded.
+    ended FAILED or REJECTED while still desired RUNNING; those within
+    RECENT_FAILURE_WINDOW of ``now`` are recorded.
     Tasks naming an unknown node are ignored.
     """
     node_list: Iterable[Node] = nodes.values() if isinstance(nodes, Mapping) else nodes
@@ -88,6 +89,11 @@ def build_node_infos(nodes: Mapping[str, Node] | Iterable[Node], live_tasks: Ite
         info = infos.get(task.node_id)
         if info is None or task.status.state not in (TaskState.TASK_STATE_FAILED,
                                                       TaskState.TASK_STATE_REJECTED):
+            continue
+        if task.desired_state > TaskState.TASK_STATE_RUNNING:
+            # It was told to stop (its node went down, a scale-down, an update): how it
+            # ended says nothing against the node. Counting the tasks a crashed node
+            # reports dead when it comes back left it shunned for the whole window.
             continue
         when = parse_time(task.status.timestamp)
         if now - when <= RECENT_FAILURE_WINDOW:

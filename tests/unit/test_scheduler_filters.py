@@ -120,7 +120,11 @@ def test_node_info_counts():
              make_task("stopping", svc, node="n1", desired=S.TASK_STATE_SHUTDOWN),
              make_task("elsewhere", svc, node="gone")]
     failed = [make_task("f1", svc, node="n1", state=S.TASK_STATE_FAILED, at=NOW - 10),
-              make_task("f2", svc, node="n1", state=S.TASK_STATE_FAILED, at=NOW - 3600)]
+              make_task("f2", svc, node="n1", state=S.TASK_STATE_FAILED, at=NOW - 3600),
+              # Told to stop (its node went down, a scale-down): its end is no failure of
+              # the service on that node, which must not be shunned when it is back.
+              make_task("lost", svc, node="n1", state=S.TASK_STATE_FAILED, at=NOW - 5,
+                        desired=S.TASK_STATE_SHUTDOWN)]
     got: NodeInfo = build_node_infos({"n1": make_node("n1")}, tasks, failed, NOW)["n1"]
     assert got.tasks_by_service["svc"] == 1 and got.total_tasks == 1  # stopping not counted
     assert got.reserved.nano_cpus == 1_000_000_000                     # ... but it holds cpu
