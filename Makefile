@@ -9,6 +9,8 @@ PYSWARM := $(VENV)/bin/pyswarm
 # for the base image, and the peers the tests and benchmarks run (registry, runc).
 APT_PACKAGES := python3 python3-venv nftables iproute2 util-linux busybox-static libseccomp2 \
                 docker-registry runc curl procps etcd-server
+# Only `make bench` needs these (bench/lb.py's load generator and its nginx peer).
+BENCH_PACKAGES := wrk nginx-light libnginx-mod-stream
 
 .PHONY: help setup apt venv base-image demo test lint bench clean-test
 
@@ -51,5 +53,12 @@ lint: venv
 	$(VENV)/bin/mypy common worker cli manager
 
 bench: setup
+	@missing=$$(for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 	$(PY) bench/start_latency.py
 	$(PY) bench/converge.py
+	$(PY) bench/recovery.py
+	$(PY) bench/lb.py
