@@ -12,6 +12,7 @@ import ipaddress
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Sequence
 
 from .layout import NodeLayout
@@ -87,6 +88,14 @@ def set_partitioned(node: NodeLayout, partitioned: bool) -> None:
     """Cut (or restore) the node's cable: its veth's host end down (up). The node itself,
     its daemon and containers, keep running and see their link go down like a pulled plug."""
     ip("link", "set", node.veth, "down" if partitioned else "up")
+    if not partitioned:  # healed once frames pass again, not merely once asked
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            out = ip("-j", "link", "show", "dev", node.veth, check=False)
+            info = json.loads(out.stdout or "[]") if out.returncode == 0 else []
+            if info and info[0].get("operstate") == "UP":
+                return
+            time.sleep(0.02)
 
 
 def is_partitioned(node: NodeLayout) -> bool:

@@ -185,7 +185,8 @@ def test_partition_cuts_the_node_off_and_heal_restores_it(lab: Lab) -> None:
     finally:
         lab.heal("node2")
     assert lab.ls()["node2"]["state"] == "running"
-    assert reaches(lab, "node2", manager)
+    # A link back up: the first ARP exchange may still be on its way.
+    wait_for("node2 to reach the manager", lambda: reaches(lab, "node2", manager), 10)
     lab.wait_status("node2", "ready", timeout=30)
 
 
