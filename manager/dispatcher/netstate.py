@@ -128,6 +128,8 @@ class Builder:
         offset = 0
         for node_id in sorted(nodes):
             node = nodes[node_id]
+            if not node.status.addr:
+                continue  # no session yet: not a tunnel endpoint (workers refuse '' there)
             data = _field(peers=[cpb.Peer(node_id=node_id, addr=node.status.addr,
                                           ready=node.status.state == opb.NODE_STATE_READY)])
             out.peer_span[node_id] = (offset, offset + len(data))

@@ -254,6 +254,12 @@ class AllocatorLoop:
         if node is None:
             return
         wanted = set(self._members.get(node_id, {}))
+        # Sticky: a node keeps its address on a network it joined until the network goes.
+        # Dropping it with the node's last task there tore the node's overlay down just as
+        # that task's replacement (restart policy) landed on the same node, which was then
+        # rejected: "network ... is not on this node".
+        wanted.update(a.network_id for a in node.attachments
+                      if tx.get("network", a.network_id) is not None)
         if ingress is not None:
             wanted.add(ingress.id)
         attachments = self.alloc.node(node, wanted)

@@ -331,6 +331,7 @@ def test_plan_names_the_bad_field() -> None:
     state.peers.add(node_id="n3", addr="198.19.0.3:2377")
     state.networks.add(id="n", subnet="10.214.5.0/24", vni=7)
     state.node_attachments.add(network_id="n", addresses=["10.214.5.9/24"])
+    state.peers.add(node_id="n4", addr="")  # registered, never in session: no endpoint yet
     plan = plan_from_state(state, local_addr="198.19.0.3")
     assert plan.peers == {"198.19.0.2"} and plan.local == "198.19.0.3"
     assert str(plan.networks[0].address) == "10.214.5.9/24"

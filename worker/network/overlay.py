@@ -95,6 +95,8 @@ def plan_from_state(state: cpb.NetworkState, local_addr: str = "") -> OverlayPla
     local = _ipv4(local_addr, "local address") if local_addr else ""
     peers: set[str] = set()
     for i, peer in enumerate(state.peers):
+        if not peer.addr:
+            continue  # registered, never in session yet: no tunnel endpoint to add
         addr = _ipv4(_host_part(peer.addr), f"peers[{i}].addr ({peer.node_id or '?'})")
         if addr != local:
             peers.add(addr)
