@@ -3,6 +3,7 @@
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from pyswarm.worker.engine.logs import LogReader
 
@@ -37,3 +38,16 @@ def test_follow_sees_appends_torn_lines_and_rotation(tmp_path: Path) -> None:
     log.write_bytes(_line("three"))
     assert [x.data for x in reader.poll()] == [b"three\n"]
     reader.close()
+
+
+def test_a_file_rotated_away_while_read_is_skipped(tmp_path: Path, monkeypatch: Any) -> None:
+    # A chatty container rotates its files faster than a reader lists and opens them: the
+    # reader must go on (run streams its output), not fail on the vanished file.
+    from pyswarm.worker.engine import logs
+
+    current = tmp_path / "container.log"
+    current.write_text('{"log": "now\\n", "stream": "stdout", "time": "t"}\n')
+    monkeypatch.setattr(logs, "log_files",
+                        lambda bundle: [tmp_path / "container.log.1", current])
+    reader = logs.LogReader(tmp_path)
+    assert [line.data for line in reader.initial()] == [b"now\n"]

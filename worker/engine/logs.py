@@ -41,8 +41,14 @@ def log_files(bundle: Path) -> list[Path]:
 
 
 def _read_file(path: Path) -> list[LogLine]:
-    with open(path, "rb") as f:
-        return [line for raw in f if raw.endswith(b"\n") and (line := _parse(raw)) is not None]
+    """The complete lines of one log file; none if it was rotated away meanwhile (a chatty
+    container can rotate its files faster than a reader lists and opens them)."""
+    try:
+        with open(path, "rb") as f:
+            return [line for raw in f
+                    if raw.endswith(b"\n") and (line := _parse(raw)) is not None]
+    except FileNotFoundError:
+        return []
 
 
 class LogReader:
@@ -78,8 +84,12 @@ class LogReader:
         if inode != self._inode:
             if self._file is not None:
                 self._file.close()
-            self._file = open(self.path, "rb")
-            self._inode = inode
+                self._file = None
+            try:
+                self._file = open(self.path, "rb")
+            except FileNotFoundError:  # renamed by a rotation since the stat: next poll
+                return out
+            self._inode = os.fstat(self._file.fileno()).st_ino  # what was opened, not stat'd
             self._partial = b""
             out += self._drain()
         return out

@@ -137,8 +137,10 @@ class EngineServicer(pb_grpc.EngineServicer):
         record = await self._run(self.engine.create, request)
         # Open the log before the exit watcher may remove the container (--rm).
         reader = LogReader(self.engine.bundle(record.id))
-        first = reader.initial()
-        self.watcher.watch(record.id)
+        try:
+            first = reader.initial()
+        finally:
+            self.watcher.watch(record.id)  # whatever happens, its exit is handled
         yield pb.RunOutput(container=to_pb(record))
         try:
             for line in first:
