@@ -53,6 +53,24 @@ def remove(bridge: str) -> None:
                 break
 
 
+def remove_prefixed(prefix: str) -> None:
+    """Remove the accepts of every bridge whose name starts with ``prefix``, also those a
+    previous daemon installed (a restarted daemon does not know which overlays it had)."""
+    iptables = shutil.which("iptables")
+    if iptables is None:
+        return
+    listed = subprocess.run([iptables, "-w", "-S", "FORWARD"], capture_output=True,
+                            text=True, check=False).stdout
+    marker = f'--comment "{_comment(prefix)}'
+    names = set()
+    for line in listed.splitlines():
+        start = line.find(marker)
+        if start >= 0:
+            names.add(line[start + len('--comment "pyswarm '):].split('"', 1)[0])
+    for name in sorted(names):
+        remove(name)
+
+
 def _run(args: list[str]) -> int:
     done = subprocess.run(args, capture_output=True, check=False)
     return done.returncode

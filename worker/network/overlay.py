@@ -194,6 +194,7 @@ class OverlayNetworks:
             for name in removed | self._firewalled:
                 if name.startswith(self.prefix + "b"):
                     firewall.remove(name)
+            firewall.remove_prefixed(self.prefix + "b")  # a previous daemon's too
             self._firewalled.clear()
             self._applied = {}
             if self._nft is not None and self._filter:
