@@ -55,8 +55,9 @@ class Manager:
 
         from pyswarm.proto import cluster_pb2 as cpb
         from pyswarm.proto import cluster_pb2_grpc
+        from pyswarm.proto import objects_pb2 as opb
 
-        self.cpb = cpb
+        self.cpb, self.opb = cpb, opb
         sock = Path(lab.env("node1")["PYSWARM_RUN"]) / "pyswarm.sock"
         self.channel = grpc.insecure_channel(f"unix://{sock}")
         self.stub = cluster_pb2_grpc.ControlStub(self.channel)
@@ -66,19 +67,15 @@ class Manager:
         return {n.id: n.description.hostname for n in nodes}
 
     def down(self, hostname: str) -> bool:
-        from pyswarm.proto import objects_pb2 as opb
-
         nodes = self.stub.ListNodes(self.cpb.ListNodesRequest(), timeout=10).nodes
         return any(n.description.hostname == hostname and
-                   n.status.state == opb.NODE_STATE_DOWN for n in nodes)
+                   n.status.state == self.opb.NODE_STATE_DOWN for n in nodes)
 
     def running_by_node(self, hostnames: dict[str, str]) -> collections.Counter[str]:
         """Tasks of the service RUNNING (observed and desired), per node hostname."""
-        from pyswarm.proto import objects_pb2 as opb
-
         tasks = self.stub.ListTasks(self.cpb.ListTasksRequest(service="bench_sleeper"),
                                     timeout=10).tasks
-        running = opb.TASK_STATE_RUNNING
+        running = self.opb.TASK_STATE_RUNNING
         return collections.Counter(hostnames.get(t.node_id, t.node_id) for t in tasks
                                    if t.status.state == running and t.desired_state == running)
 

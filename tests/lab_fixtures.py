@@ -21,29 +21,17 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from tests.engine_fixtures import PYSWARM, RUN_TOKEN
+from tests.engine_fixtures import PYSWARM, RUN_TOKEN, wait_for  # noqa: F401  (re-exported)
 
 # 150 /24s between 198.18.100.0 and 198.18.249.0; a run takes the one of its token first
 # and the next ones when another run holds it.
 _SUBNETS = 150
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
 
 
 def lab_cli(*args: str, check: bool = True, timeout: float = 180,

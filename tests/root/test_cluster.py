@@ -12,21 +12,10 @@ from typing import Any
 
 import pytest
 
-from tests.engine_fixtures import Daemon, build_base_image, cleanup, engine_env
+from tests.engine_fixtures import Daemon, build_base_image, cleanup, engine_env, wait_for
 from tests.etcd_fixtures import etcd_server  # noqa: F401  (a real etcd for the etcd store)
 
 pytestmark = pytest.mark.root
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
 
 
 def services(d: Daemon) -> dict[str, dict[str, Any]]:

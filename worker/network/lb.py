@@ -252,6 +252,7 @@ class _NftImpl:
     table: str = field(init=False)
     holds: dict[PortKey, socket.socket] = field(default_factory=dict)
     unplaced: set[str] = field(default_factory=set)  # overlay addresses on no interface yet
+    hairpinned: set[str] = field(default_factory=set)  # veths whose port is in hairpin mode
 
     def __post_init__(self) -> None:
         self.table = self.network.cfg.nft_table
@@ -306,7 +307,7 @@ class _NftImpl:
 
     def apply(self, service_id: str, ports: Sequence[ServicePort],
               backends: Sequence[Backend], old: ServiceState | None) -> None:
-        enable_hairpin(self.network, backends)
+        enable_hairpin(self.network, backends, self.hairpinned)
         added, gone = self.rehold(ports, old)
         script = base_script(self.table) + service_script(
             self.table, service_id, ports, backends, old)
@@ -347,26 +348,30 @@ class _NftImpl:
         return bool(self.unplaced)
 
 
-def enable_hairpin(network: NodeNetwork, backends: Sequence[Backend]) -> None:
+def enable_hairpin(network: NodeNetwork, backends: Sequence[Backend], done: set[str]) -> None:
     """Let the bridge send a frame back by the port it came in by, for local backends.
 
     By netlink, not /sys/class/net: a daemon that entered only a network namespace (a lab
-    node) still sees the host's sysfs, where its veths do not exist.
+    node) still sees the host's sysfs, where its veths do not exist. ``done`` holds the
+    veths already set (a veth's name is its container's, never reused), so an update of the
+    backends costs nothing for ports set before.
     """
+    local = {ip: cid for cid, ip in network.ipam.leases().items()}
+    names = {veth_name(cid) for b in backends if (cid := local.get(b.ip)) is not None}
+    done &= set(map(veth_name, local.values()))  # forget containers that are gone
+    if not names - done:
+        return
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    local = {ip: cid for cid, ip in network.ipam.leases().items()}
-    names = [veth_name(cid) for b in backends if (cid := local.get(b.ip)) is not None]
-    if not names:
-        return
     with IPRoute() as ipr:
-        for name in names:
+        for name in sorted(names - done):
             found = ipr.link_lookup(ifname=name)
             if not found:
                 continue  # a backend being detached: not worth failing the service for
             try:
                 ipr.brport("set", index=found[0], mode=1)  # IFLA_BRPORT_MODE: hairpin
+                done.add(name)
             except NetlinkError as e:
                 log.warning("cannot turn hairpin mode on for %s: %s", name, e)
 
