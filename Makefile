@@ -9,8 +9,11 @@ PYSWARM := $(VENV)/bin/pyswarm
 # for the base image, and the peers the tests and benchmarks run (registry, runc).
 APT_PACKAGES := python3 python3-venv nftables iproute2 util-linux busybox-static libseccomp2 \
                 docker-registry runc curl procps etcd-server
-# Only `make bench` needs these (bench/lb.py's load generator and its nginx peer).
-BENCH_PACKAGES := wrk nginx-light libnginx-mod-stream
+# Only `make bench` needs these: bench/lb.py's load generator and its nginx peer, and
+# Docker Swarm, the peer of bench/converge.py and bench/recovery.py (docker.io brings
+# dockerd, the docker CLI, containerd and its runc shim; without it both report the peer
+# skipped and give no ratio).
+BENCH_PACKAGES := wrk nginx-light libnginx-mod-stream docker.io
 
 .PHONY: help setup apt venv base-image demo test lint bench clean-test
 
@@ -58,7 +61,4 @@ bench: setup
 	  echo "installing:" $$missing; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
-	$(PY) bench/start_latency.py
-	$(PY) bench/converge.py
-	$(PY) bench/recovery.py
-	$(PY) bench/lb.py
+	$(PY) bench/run_all.py
