@@ -8,9 +8,13 @@ must not rewind a task.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from pyswarm.proto.objects_pb2 import TaskState
 
-S = TaskState
+# The states as plain attributes: `S.TASK_STATE_RUNNING` on protobuf's enum wrapper goes
+# through a Python __getattr__ each time, which the manager's loops paid per task per pass.
+S = SimpleNamespace(**dict(TaskState.items()))
 
 TERMINAL = frozenset({S.TASK_STATE_COMPLETE, S.TASK_STATE_SHUTDOWN, S.TASK_STATE_FAILED,
                       S.TASK_STATE_REJECTED, S.TASK_STATE_ORPHANED, S.TASK_STATE_REMOVE})

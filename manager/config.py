@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The manager's loops (orchestrator, allocator, scheduler) act once their watch has caught
+# up with the commits already made, so a burst of commits costs one pass; under a steady
+# stream they act at least this often (seconds).
+LOOP_MAX_DEFER = 0.1
+
 
 @dataclass(frozen=True)
 class ManagerConfig:

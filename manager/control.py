@@ -26,7 +26,7 @@ from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
 
 STACK_LABEL = "com.docker.stack.namespace"
-S = opb.TaskState
+S = taskstate.S
 
 
 def lookup(tx: ReadTx, kind: str, ref: str) -> Message:

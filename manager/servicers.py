@@ -102,7 +102,8 @@ class ControlServicer(cpb_grpc.ControlServicer):
         return cpb.InfoResponse(
             is_manager=True, node_id=m.identity.node_id, cluster_id=m.identity.cluster_id,
             store=m.identity.store_url, nodes=len(nodes),
-            managers=sum(1 for n in nodes if n.role == opb.NODE_ROLE_MANAGER))
+            managers=sum(1 for n in nodes if n.role == opb.NODE_ROLE_MANAGER),
+            metrics=m.store.metrics.snapshot())
 
     @user_errors
     async def ListNodes(self, request: cpb.ListNodesRequest, context: Any) -> cpb.ListNodesResponse:

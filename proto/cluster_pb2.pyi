@@ -67,20 +67,29 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("is_manager", "node_id", "cluster_id", "store", "nodes", "managers")
+    __slots__ = ("is_manager", "node_id", "cluster_id", "store", "nodes", "managers", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     IS_MANAGER_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     STORE_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     MANAGERS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     is_manager: bool
     node_id: str
     cluster_id: str
     store: str
     nodes: int
     managers: int
-    def __init__(self, is_manager: _Optional[bool] = ..., node_id: _Optional[str] = ..., cluster_id: _Optional[str] = ..., store: _Optional[str] = ..., nodes: _Optional[int] = ..., managers: _Optional[int] = ...) -> None: ...
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, is_manager: _Optional[bool] = ..., node_id: _Optional[str] = ..., cluster_id: _Optional[str] = ..., store: _Optional[str] = ..., nodes: _Optional[int] = ..., managers: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("id",)
@@ -305,18 +314,26 @@ class SessionMessage(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., heartbeat_period_ms: _Optional[int] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., network: _Optional[_Union[NetworkState, _Mapping]] = ...) -> None: ...
 
 class NetworkState(_message.Message):
-    __slots__ = ("version", "peers", "networks", "node_attachments", "endpoints")
+    __slots__ = ("version", "peers", "networks", "node_attachments", "endpoints", "base_version", "removed_peers", "removed_networks", "removed_endpoints")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
     NODE_ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_PEERS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     version: int
     peers: _containers.RepeatedCompositeFieldContainer[Peer]
     networks: _containers.RepeatedCompositeFieldContainer[_objects_pb2.Network]
     node_attachments: _containers.RepeatedCompositeFieldContainer[_objects_pb2.NetworkAttachment]
     endpoints: _containers.RepeatedCompositeFieldContainer[ServiceEndpoint]
-    def __init__(self, version: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., networks: _Optional[_Iterable[_Union[_objects_pb2.Network, _Mapping]]] = ..., node_attachments: _Optional[_Iterable[_Union[_objects_pb2.NetworkAttachment, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[ServiceEndpoint, _Mapping]]] = ...) -> None: ...
+    base_version: int
+    removed_peers: _containers.RepeatedScalarFieldContainer[str]
+    removed_networks: _containers.RepeatedScalarFieldContainer[str]
+    removed_endpoints: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., networks: _Optional[_Iterable[_Union[_objects_pb2.Network, _Mapping]]] = ..., node_attachments: _Optional[_Iterable[_Union[_objects_pb2.NetworkAttachment, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[ServiceEndpoint, _Mapping]]] = ..., base_version: _Optional[int] = ..., removed_peers: _Optional[_Iterable[str]] = ..., removed_networks: _Optional[_Iterable[str]] = ..., removed_endpoints: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Peer(_message.Message):
     __slots__ = ("node_id", "addr", "ready")
@@ -329,7 +346,7 @@ class Peer(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., addr: _Optional[str] = ..., ready: _Optional[bool] = ...) -> None: ...
 
 class ServiceEndpoint(_message.Message):
-    __slots__ = ("service_id", "service_name", "aliases", "mode", "ports", "vips", "tasks")
+    __slots__ = ("service_id", "service_name", "aliases", "mode", "ports", "vips", "tasks", "removed_tasks")
     SERVICE_ID_FIELD_NUMBER: _ClassVar[int]
     SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
@@ -337,6 +354,7 @@ class ServiceEndpoint(_message.Message):
     PORTS_FIELD_NUMBER: _ClassVar[int]
     VIPS_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_TASKS_FIELD_NUMBER: _ClassVar[int]
     service_id: str
     service_name: str
     aliases: _containers.RepeatedScalarFieldContainer[str]
@@ -344,7 +362,8 @@ class ServiceEndpoint(_message.Message):
     ports: _containers.RepeatedCompositeFieldContainer[_objects_pb2.PortConfig]
     vips: _containers.RepeatedCompositeFieldContainer[VirtualIP]
     tasks: _containers.RepeatedCompositeFieldContainer[EndpointTask]
-    def __init__(self, service_id: _Optional[str] = ..., service_name: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[_objects_pb2.PortConfig, _Mapping]]] = ..., vips: _Optional[_Iterable[_Union[VirtualIP, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[EndpointTask, _Mapping]]] = ...) -> None: ...
+    removed_tasks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, service_id: _Optional[str] = ..., service_name: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[_objects_pb2.PortConfig, _Mapping]]] = ..., vips: _Optional[_Iterable[_Union[VirtualIP, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[EndpointTask, _Mapping]]] = ..., removed_tasks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class VirtualIP(_message.Message):
     __slots__ = ("network_id", "addr")

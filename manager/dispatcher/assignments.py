@@ -14,7 +14,7 @@ from pyswarm.common import taskstate
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
 
-S = opb.TaskState
+S = taskstate.S
 
 
 def belongs_to_node(task: opb.Task, node_id: str) -> bool:

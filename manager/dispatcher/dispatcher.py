@@ -4,13 +4,18 @@ Policy:
 - A session starts with the COMPLETE set of the node's tasks, then streams INCREMENTAL
   changes computed from the store's watch at each commit (level-triggered: the set is
   recomputed and diffed against what was sent, so no event can be missed or doubled).
+- One watch serves every session: each commit's task events are routed by node id, and
+  only the sessions of nodes a commit touched recompute their set. (A watch per session
+  made every commit cost O(sessions): a million wake-ups to join a thousand nodes.)
 - Heartbeats live in memory only: a heartbeat never writes to the store. The node's state
   is written when it changes (READY on a session, DOWN when its heartbeats stop).
 - A node whose heartbeats stop for `heartbeat_misses` periods is DOWN; the orchestrator
   then replaces its tasks elsewhere at once. After a manager start every known node gets
   `reconnect_grace` to come back before that happens.
-- Status updates arrive in batches and are written in one transaction per batch; an update
-  that would move a task backwards is refused for that task alone.
+- Status updates arrive in batches per node, and the batches of all nodes are written
+  together (group commit: while one commit is in flight the next requests gather, and go
+  in one transaction when it ends). An update that would move a task backwards is refused
+  for that task alone. A thousand nodes reporting at once cost a handful of commits.
 - After the COMPLETE assignments a session gets its node's NetworkState, then the whole
   state again whenever it changes (netpush.py: coalesced, one round for all sessions).
 """
@@ -29,11 +34,14 @@ from pyswarm.common.errors import NotFound
 from pyswarm.manager.config import ManagerConfig
 from pyswarm.manager.dispatcher import assignments as asg
 from pyswarm.manager.dispatcher.netpush import NetworkPush, session_message
-from pyswarm.manager.store import Commit, Event, Store, WriteTx
+from pyswarm.manager.store import Event, Store, Watch, WriteTx
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
 
 N = opb.NodeState
+# Lateness of the liveness loop's own wake-up (seconds) past which it counts as a manager
+# stall, given back to every node's heartbeat deadline.
+STALL_TOLERANCE = 0.05
 
 
 @dataclass
@@ -45,6 +53,8 @@ class _Session:
     # The newest NetworkState not yet sent, serialized; `True` in the queue stands for it,
     # so a slow stream holds one state (the latest), not every state since it fell behind.
     network: bytes | None = None
+    # What the node was last sent: task id -> fingerprint (assignments.diff).
+    sent: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def offer_network(self, state: bytes) -> None:
         if self.network is None:
@@ -60,6 +70,12 @@ class Dispatcher:
         self._sessions: dict[str, _Session] = {}
         self._last_beat: dict[str, float] = {}
         self._liveness: asyncio.Task[None] | None = None
+        self._router: asyncio.Task[None] | None = None
+        self._removal_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # Status batches waiting for the next group commit, and whether one is running.
+        self._statuses: list[tuple[str, list[cpb.TaskStatusUpdate],
+                                   asyncio.Future[list[str]]]] = []
+        self._status_writer: asyncio.Task[None] | None = None
         self.network = NetworkPush(store)
 
     @property
@@ -73,14 +89,16 @@ class Dispatcher:
             if node.status.state != N.NODE_STATE_DOWN:
                 self._last_beat[node.id] = deadline_base
         self._liveness = asyncio.create_task(self._watch_liveness())
+        self._router = asyncio.create_task(self._route(self.store.watch({"task", "node"})))
         await self.network.start()
 
     async def stop(self) -> None:
         await self.network.stop()
-        if self._liveness is not None:
-            self._liveness.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._liveness
+        for loop in (self._liveness, self._router):
+            if loop is not None:
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
         for session in list(self._sessions.values()):
             session.queue.put_nowait(None)
 
@@ -97,60 +115,82 @@ class Dispatcher:
             old.queue.put_nowait(None)  # a node has one session: the newest wins
         self._sessions[node_id] = session
         self._last_beat[node_id] = time.monotonic()
-        watch = self.store.watch({"task"})
         try:
-            now = [t for t in self.store.view().find("task", node_id=node_id)
-                   if asg.belongs_to_node(t, node_id)]
-            update, _, sent = asg.diff({}, now)
+            # No await between reading the set and registering the session: every later
+            # commit reaches it through the router.
+            update, _, session.sent = asg.diff({}, self._tasks_of(node_id))
             self.network.add(session.id, node_id, session.offer_network)
             yield cpb.SessionMessage(
                 session_id=session.id, heartbeat_period_ms=self.period_ms,
                 assignments=asg.message(cpb.Assignments.COMPLETE, update, []))
-            pump = asyncio.create_task(self._pump(watch, session, sent))
-            try:
-                while True:
-                    item = await session.queue.get()
-                    if item is None:
-                        return
-                    if item is True:
-                        state, session.network = session.network, None
-                        if state is None:
-                            continue
-                        item = session_message(session.id, self.period_ms, state)
-                    assert isinstance(item, cpb.SessionMessage)
-                    yield item
-            finally:
-                pump.cancel()
+            while True:
+                item = await session.queue.get()
+                if item is None:
+                    return
+                if item is True:
+                    state, session.network = session.network, None
+                    if state is None:
+                        continue
+                    item = session_message(session.id, self.period_ms, state)
+                assert isinstance(item, cpb.SessionMessage)
+                yield item
         finally:
             self.network.remove(session.id)
-            watch.close()
             if self._sessions.get(node_id) is session:
                 del self._sessions[node_id]
 
-    async def _pump(self, watch: AsyncIterator[Event | Commit], session: _Session,
-                    sent: dict[str, tuple[int, int]]) -> None:
-        """Turn store commits touching this node's tasks into incremental assignments.
+    def _tasks_of(self, node_id: str) -> list[opb.Task]:
+        return [t for t in self.store.view().find("task", node_id=node_id)
+                if asg.belongs_to_node(t, node_id)]
 
-        `sent` is what the COMPLETE set held; the watch was opened before it was read, so
-        every later commit is seen here."""
-        node_id = session.node_id
-        touched = False
-        async for item in watch:
-            if isinstance(item, Event):
-                if item.obj.node_id == node_id or (item.old is not None
-                                                   and item.old.node_id == node_id):
-                    touched = True
-                continue
-            if not touched:
-                continue
-            touched = False
-            now = [t for t in self.store.view().find("task", node_id=node_id)
-                   if asg.belongs_to_node(t, node_id)]
-            update, remove, sent = asg.diff(sent, now)
-            if update or remove:
-                session.queue.put_nowait(cpb.SessionMessage(
-                    session_id=session.id, heartbeat_period_ms=self.period_ms,
-                    assignments=asg.message(cpb.Assignments.INCREMENTAL, update, remove)))
+    async def _route(self, watch: Watch) -> None:
+        """The one watch of every session: after each commit, the sessions of the nodes it
+        touched get their INCREMENTAL changes; nodes it deleted end their sessions."""
+        touched: set[str] = set()
+        try:
+            async for item in watch:
+                if isinstance(item, Event):
+                    if item.kind == "task":
+                        touched.add(item.obj.node_id)
+                        if item.old is not None:
+                            touched.add(item.old.node_id)
+                    elif item.action == "delete":
+                        self._node_removed(item.obj.id)
+                    continue
+                for node_id in touched:
+                    session = self._sessions.get(node_id) if node_id else None
+                    if session is None:
+                        continue
+                    update, remove, session.sent = asg.diff(session.sent,
+                                                            self._tasks_of(node_id))
+                    if update or remove:
+                        session.queue.put_nowait(cpb.SessionMessage(
+                            session_id=session.id, heartbeat_period_ms=self.period_ms,
+                            assignments=asg.message(cpb.Assignments.INCREMENTAL, update,
+                                                    remove)))
+                touched.clear()
+        finally:
+            watch.close()
+
+    async def removed(self, node_id: str) -> None:
+        """Return once the node is deleted from the store (at once if it is not there)."""
+        if self.store.view().get("node", node_id) is None:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._removal_waiters.setdefault(node_id, []).append(waiter)
+        try:
+            await waiter
+        finally:
+            waiters = self._removal_waiters.get(node_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._removal_waiters.pop(node_id, None)
+
+    def _node_removed(self, node_id: str) -> None:
+        for waiter in self._removal_waiters.get(node_id, []):
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _register(self, tx: WriteTx, request: cpb.SessionRequest) -> None:
         node = tx.get("node", request.node_id)
@@ -180,6 +220,7 @@ class Dispatcher:
         if session is None or session.id != request.session_id:
             raise NotFound("session invalid: open a new session")
         self._last_beat[request.node_id] = time.monotonic()
+        self.store.metrics.add("dispatcher_heartbeats")
         return cpb.HeartbeatResponse(period_ms=self.period_ms)
 
     async def _watch_liveness(self) -> None:
@@ -187,9 +228,19 @@ class Dispatcher:
             # Wake when the first node is due (not on a fixed tick, which added up to half a
             # period to every failure's detection), and at least every half period.
             due = min(self._last_beat.values(), default=time.monotonic()) + self.cfg.down_after
-            await asyncio.sleep(min(max(due - time.monotonic(), 0.01),
-                                    self.cfg.heartbeat_period / 2))
+            nap = min(max(due - time.monotonic(), 0.01), self.cfg.heartbeat_period / 2)
+            before = time.monotonic()
+            await asyncio.sleep(nap)
             now = time.monotonic()
+            late = now - before - nap
+            if late > STALL_TOLERANCE:
+                # The manager itself was stalled (a long pass, a slow disk, an overloaded
+                # loop): heartbeats that arrived meanwhile were not heard either. Nodes get
+                # that time back, or one stall marks every node DOWN at once and the
+                # cluster collapses under the re-placement it causes.
+                for node_id in self._last_beat:
+                    self._last_beat[node_id] += late
+                self.store.metrics.add("dispatcher_stall_seconds", late)
             dead = [n for n, t in self._last_beat.items() if now - t > self.cfg.down_after]
             if not dead:
                 continue
@@ -208,9 +259,38 @@ class Dispatcher:
         session = self._sessions.get(request.node_id)
         if session is None or session.id != request.session_id:
             raise NotFound("session invalid: open a new session")
-        refused = await self.store.update(
-            lambda tx: _apply_statuses(tx, request.node_id, request.updates), retries=5)
-        return cpb.UpdateTaskStatusResponse(refused=refused)
+        done: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._statuses.append((request.node_id, list(request.updates), done))
+        if self._status_writer is None:
+            self._status_writer = asyncio.create_task(self._write_statuses())
+        return cpb.UpdateTaskStatusResponse(refused=await done)
+
+    async def _write_statuses(self) -> None:
+        """Write the gathered status batches, one transaction each round, until none wait.
+
+        The write may be split into several commits (Store.batch: etcd caps a txn's ops);
+        that is safe because applying a status twice is a no-op, so a retry after a
+        conflict in a later part redoes only what is missing."""
+        try:
+            while self._statuses:
+                batches, self._statuses = self._statuses, []
+                try:
+                    results = await self.store.batch(
+                        lambda tx, b=batches: [_apply_statuses(tx, node_id, updates)
+                                               for node_id, updates, _ in b], retries=5)
+                except Exception as exc:  # noqa: BLE001 - each caller gets the error
+                    for *_, done in batches:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                self.store.metrics.add("dispatcher_status_commits")
+                self.store.metrics.add("dispatcher_status_updates",
+                                       sum(len(u) for _, u, _ in batches))
+                for (*_, done), refused in zip(batches, results, strict=True):
+                    if not done.done():
+                        done.set_result(refused)
+        finally:
+            self._status_writer = None
 
 
 def _copy(msg):  # type: ignore[no-untyped-def]

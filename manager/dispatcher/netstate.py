@@ -20,12 +20,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from pyswarm.common import taskstate
 from pyswarm.manager.allocator import networks as nets
 from pyswarm.manager.store import ReadTx
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
 
-S = opb.TaskState
+S = taskstate.S
 
 
 def takes_connections(task: opb.Task) -> bool:

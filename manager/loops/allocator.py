@@ -20,15 +20,17 @@ Policy:
 from __future__ import annotations
 
 import logging
+import time
 
 from pyswarm.common import taskstate
 from pyswarm.manager.allocator import AllocationError, Allocator
 from pyswarm.manager.allocator import networks as nets
+from pyswarm.manager.config import LOOP_MAX_DEFER as MAX_DEFER
 from pyswarm.manager.loops.tasks import copy, set_status
 from pyswarm.manager.store import Commit, Event, ReadTx, Store, WriteTx
 from pyswarm.proto import objects_pb2 as opb
 
-S = opb.TaskState
+S = taskstate.S
 log = logging.getLogger(__name__)
 
 
@@ -63,11 +65,16 @@ class AllocatorLoop:
             await self.store.update(nets.ensure_ingress, retries=5)
             self._reset(self.store.view())
             await self._tick()
+            last = time.monotonic()
             async for item in watch:
                 if isinstance(item, Event):
                     self._mark(item)
-                elif isinstance(item, Commit):
+                elif isinstance(item, Commit) and (
+                        not watch.pending() or time.monotonic() - last >= MAX_DEFER):
+                    # Once caught up with the commits already made (a burst costs one
+                    # tick), or MAX_DEFER late under a steady stream.
                     await self._tick()
+                    last = time.monotonic()
         finally:
             watch.close()
 

@@ -18,13 +18,14 @@ import time
 from collections.abc import Callable
 
 from pyswarm.common import taskstate
+from pyswarm.manager.config import LOOP_MAX_DEFER as MAX_DEFER
 from pyswarm.manager.loops.tasks import copy, new_task, set_status
 from pyswarm.manager.orchestrator.actions import CreateTask, RemoveTask, ShutdownTask
 from pyswarm.manager.orchestrator.reconcile import reconcile
 from pyswarm.manager.store import Commit, Event, Store, WriteTx
 from pyswarm.proto import objects_pb2 as opb
 
-S = opb.TaskState
+S = taskstate.S
 
 
 class Orchestrator:
@@ -40,11 +41,16 @@ class Orchestrator:
             self._dirty.update(s.id for s in self.store.view().all("service"))
             self._dirty.update(t.service_id for t in self.store.view().all("task"))
             await self._tick()
+            last = time.monotonic()
             async for item in watch:
                 if isinstance(item, Event):
                     self._mark(item)
-                elif isinstance(item, Commit):
+                elif isinstance(item, Commit) and (
+                        not watch.pending() or time.monotonic() - last >= MAX_DEFER):
+                    # Once caught up with the commits already made (a burst costs one
+                    # tick), or MAX_DEFER late under a steady stream.
                     await self._tick()
+                    last = time.monotonic()
         finally:
             watch.close()
             for timer in self._timers.values():

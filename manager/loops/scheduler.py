@@ -5,6 +5,10 @@ changed a node, every pending task is offered to the pure pipeline (`schedule()`
 decisions are written in one transaction: ASSIGNED with the node for placed tasks; for the
 others the reason stays visible in the task's status message ("no suitable node (...)"),
 written only when it changes so that waiting tasks cost no writes.
+
+At scale: the pending tasks are followed from the watch (no scan of every task per commit),
+and a pass runs once the watch has caught up with the commits already made (at most
+MAX_DEFER late), so a burst of commits costs one pass, not one each.
 """
 
 from __future__ import annotations
@@ -13,46 +17,68 @@ import time
 from collections.abc import Callable
 
 from pyswarm.common import taskstate
+from pyswarm.manager.config import LOOP_MAX_DEFER as MAX_DEFER
 from pyswarm.manager.loops.tasks import copy, set_status
 from pyswarm.manager.scheduler.nodeinfo import build_node_infos
 from pyswarm.manager.scheduler.pipeline import schedule
 from pyswarm.manager.store import Commit, Event, Store, WriteTx
 from pyswarm.proto import objects_pb2 as opb
 
-S = opb.TaskState
+S = taskstate.S
+
+
 
 
 class Scheduler:
     def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
+        self._pending: set[str] = set()  # ids of tasks waiting for a node
 
     async def run(self) -> None:
         watch = self.store.watch({"task", "node"})
         try:
+            self._pending = {t.id for t in self.store.view().all("task") if _pending(t)}
             await self._tick()
             wanted = False
+            last = time.monotonic()
             async for item in watch:
                 if isinstance(item, Event):
+                    if item.kind == "task":
+                        self._follow(item)
                     wanted = wanted or _matters(item)
-                elif isinstance(item, Commit) and wanted:
+                elif isinstance(item, Commit) and wanted and (
+                        not watch.pending() or time.monotonic() - last >= MAX_DEFER):
                     wanted = False
                     await self._tick()
+                    last = time.monotonic()
         finally:
             watch.close()
 
-    async def _tick(self) -> None:
-        view = self.store.view()
-        if not any(_pending(t) for t in view.all("task")):
-            return
-        await self.store.update(self._schedule, retries=5)
+    def _follow(self, event: Event) -> None:
+        task = event.obj
+        if event.action != "delete" and _pending(task):
+            self._pending.add(task.id)
+        else:
+            self._pending.discard(task.id)
 
-    def _schedule(self, tx: WriteTx) -> None:
+    async def _tick(self) -> None:
+        if not self._pending:
+            return
+        started = time.perf_counter()
+        placed = await self.store.update(self._schedule, retries=5)
+        metrics = self.store.metrics
+        metrics.add("scheduler_passes")
+        metrics.add("scheduler_placed", placed)
+        metrics.add("scheduler_seconds", time.perf_counter() - started)
+
+    def _schedule(self, tx: WriteTx) -> int:
+        """One pass; the number of tasks it placed."""
         now = self.clock()
         tasks = tx.all("task")
         pending = [t for t in tasks if _pending(t)]
         if not pending:
-            return
+            return 0
         live = [t for t in tasks if t.node_id and taskstate.is_live(t.status.state)
                 and t.desired_state <= S.TASK_STATE_RUNNING and not _pending(t)]
         failed = [t for t in tasks if t.node_id and t.status.state in
@@ -71,6 +97,7 @@ class Scheduler:
                 task.status.message = reason
                 task.status.err = reason
                 tx.update(task)
+        return len(decisions.assigned)
 
 
 def _pending(task: opb.Task) -> bool:

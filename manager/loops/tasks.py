@@ -7,10 +7,11 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
+from pyswarm.common import taskstate
 from pyswarm.manager.store.model import now_rfc3339
 from pyswarm.proto import objects_pb2 as opb
 
-S = opb.TaskState
+S = taskstate.S
 M = TypeVar("M", bound=Message)
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"

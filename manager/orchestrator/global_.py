@@ -20,14 +20,22 @@ from pyswarm.manager.orchestrator.slots import SlotOutcome, reconcile_slot
 from pyswarm.manager.orchestrator.tasks import SpecCheck, is_runnable
 from pyswarm.manager.orchestrator.update import plan_update
 from pyswarm.manager.scheduler.constraints import Constraint, matches, parse_constraints
-from pyswarm.proto.objects_pb2 import Node, NodeAvailability, NodeState, Service, Task
+from pyswarm.proto.objects_pb2 import (
+    NODE_STATE_DOWN,
+    NODE_STATE_READY,
+    NODE_STATE_UNKNOWN,
+    Node,
+    NodeAvailability,
+    Service,
+    Task,
+)
 
-_TAKES_NEW = (NodeState.NODE_STATE_READY, NodeState.NODE_STATE_UNKNOWN)
+_TAKES_NEW = (NODE_STATE_READY, NODE_STATE_UNKNOWN)
 
 
 def _why_not_here(node: Node | None, constraints: Sequence[Constraint]) -> str | None:
     """Why the service's task must leave this node (None: it may stay)."""
-    if node is None or node.status.state == NodeState.NODE_STATE_DOWN:
+    if node is None or node.status.state == NODE_STATE_DOWN:
         return "node down"
     if node.spec.availability == NodeAvailability.NODE_AVAILABILITY_DRAIN:
         return "node drained"

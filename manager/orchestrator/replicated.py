@@ -25,7 +25,13 @@ from pyswarm.manager.orchestrator.slots import (
 )
 from pyswarm.manager.orchestrator.tasks import SpecCheck, has_ended, is_runnable
 from pyswarm.manager.orchestrator.update import plan_update
-from pyswarm.proto.objects_pb2 import Node, NodeAvailability, NodeState, Service, Task
+from pyswarm.proto.objects_pb2 import (
+    NODE_STATE_DOWN,
+    Node,
+    NodeAvailability,
+    Service,
+    Task,
+)
 
 
 def node_problem(nodes: Mapping[str, Node]) -> NodeProblem:
@@ -35,7 +41,7 @@ def node_problem(nodes: Mapping[str, Node]) -> NodeProblem:
         if not task.node_id:
             return None  # not placed yet: the scheduler's business
         node = nodes.get(task.node_id)
-        if node is None or node.status.state == NodeState.NODE_STATE_DOWN:
+        if node is None or node.status.state == NODE_STATE_DOWN:
             return "node down"
         if node.spec.availability == NodeAvailability.NODE_AVAILABILITY_DRAIN:
             return "node drained"

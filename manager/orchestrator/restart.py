@@ -19,14 +19,21 @@ from dataclasses import dataclass
 
 from pyswarm.common.taskstate import name
 from pyswarm.manager.orchestrator.tasks import ended_at
-from pyswarm.proto.objects_pb2 import RestartCondition, Service, Task, TaskState
+from pyswarm.proto.objects_pb2 import (
+    TASK_STATE_COMPLETE,
+    TASK_STATE_FAILED,
+    TASK_STATE_REJECTED,
+    RestartCondition,
+    Service,
+    Task,
+)
 
 DEFAULT_DELAY = 5.0  # seconds: Swarm's default, keeps a crashing task from spinning
 
 # Observed end states that mean "it ended by itself" (SHUTDOWN is normally the manager's
 # own doing, so it does not count as an attempt in the history).
-_SELF_ENDED = frozenset({TaskState.TASK_STATE_COMPLETE, TaskState.TASK_STATE_FAILED,
-                         TaskState.TASK_STATE_REJECTED})
+_SELF_ENDED = frozenset({TASK_STATE_COMPLETE, TASK_STATE_FAILED,
+                         TASK_STATE_REJECTED})
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,7 @@ def restart_decision(service: Service, task: Task, slot_history: Sequence[Task],
     slot's other tasks (it may include ``task`` itself)."""
     policy = service.spec.task.restart
     state = task.status.state
-    completed = state == TaskState.TASK_STATE_COMPLETE
+    completed = state == TASK_STATE_COMPLETE
     what = "completed" if completed else f"ended ({_describe(task)})"
 
     if policy.condition == RestartCondition.RESTART_CONDITION_NONE:
@@ -78,6 +85,6 @@ def restart_decision(service: Service, task: Task, slot_history: Sequence[Task],
 def _describe(task: Task) -> str:
     code = task.status.container.exit_code
     text = name(task.status.state)
-    if task.status.state == TaskState.TASK_STATE_FAILED:
+    if task.status.state == TASK_STATE_FAILED:
         text += f", exit code {code}"
     return text

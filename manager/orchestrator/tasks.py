@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pyswarm.common import taskstate
 from pyswarm.manager.scheduler.timestamps import parse_time
-from pyswarm.proto.objects_pb2 import Service, Task, TaskState
+from pyswarm.proto.objects_pb2 import TASK_STATE_RUNNING, Service, Task
 
 
 def is_runnable(task: Task) -> bool:
     """The manager still wants it to run: it holds its slot."""
-    return task.desired_state <= TaskState.TASK_STATE_RUNNING
+    return task.desired_state <= TASK_STATE_RUNNING
 
 
 def has_ended(task: Task) -> bool:

@@ -20,7 +20,7 @@ from pyswarm.manager.scheduler.constraints import (
     parse_constraints,
 )
 from pyswarm.manager.scheduler.nodeinfo import HostPort, NodeInfo, task_host_ports
-from pyswarm.proto.objects_pb2 import NodeAvailability, NodeState, Task
+from pyswarm.proto.objects_pb2 import NODE_STATE_READY, NodeAvailability, Task
 
 
 def _nodes(n: int) -> str:
@@ -49,7 +49,7 @@ class ReadyFilter:
 
     def check(self, info: NodeInfo) -> bool:
         node = info.node
-        return (node.status.state == NodeState.NODE_STATE_READY
+        return (node.status.state == NODE_STATE_READY
                 and node.spec.availability == NodeAvailability.NODE_AVAILABILITY_ACTIVE)
 
     def explain(self, nodes_failed: int) -> str:

@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 
 from pyswarm.common import taskstate
 from pyswarm.manager.scheduler.timestamps import parse_time
-from pyswarm.proto.objects_pb2 import Node, PublishMode, Task, TaskState
+from pyswarm.proto.objects_pb2 import (
+    TASK_STATE_FAILED,
+    TASK_STATE_REJECTED,
+    TASK_STATE_RUNNING,
+    Node,
+    PublishMode,
+    Task,
+)
 
 # Failures of a service on a node this recent make the node rank last for that service.
 RECENT_FAILURE_WINDOW = 300.0
@@ -84,13 +91,13 @@ def build_node_infos(nodes: Mapping[str, Node] | Iterable[Node], live_tasks: Ite
         info = infos.get(task.node_id)
         if info is None or taskstate.is_terminal(task.status.state):
             continue
-        info.add_task(task, counted=task.desired_state <= TaskState.TASK_STATE_RUNNING)
+        info.add_task(task, counted=task.desired_state <= TASK_STATE_RUNNING)
     for task in failed_tasks:
         info = infos.get(task.node_id)
-        if info is None or task.status.state not in (TaskState.TASK_STATE_FAILED,
-                                                      TaskState.TASK_STATE_REJECTED):
+        if info is None or task.status.state not in (TASK_STATE_FAILED,
+                                                      TASK_STATE_REJECTED):
             continue
-        if task.desired_state > TaskState.TASK_STATE_RUNNING:
+        if task.desired_state > TASK_STATE_RUNNING:
             # It was told to stop (its node went down, a scale-down, an update): how it
             # ended says nothing against the node. Counting the tasks a crashed node
             # reports dead when it comes back left it shunned for the whole window.

@@ -33,7 +33,7 @@ class Caller:
     cluster_id: str
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=16384)  # a node certificate each: size it past the largest cluster
 def _identity(pem: bytes) -> pki.NodeIdentity | None:
     try:
         return pki.identity_of(pem)

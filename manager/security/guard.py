@@ -18,7 +18,6 @@ import grpc
 from pyswarm.manager.manager import Manager
 from pyswarm.manager.security import authz
 from pyswarm.manager.security.ca import PermissionDenied, removed
-from pyswarm.manager.store import Event
 
 SESSION = "/pyswarm.cluster.v1.Dispatcher/Session"
 
@@ -86,7 +85,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         session ends with PERMISSION_DENIED, which the node's agent reports."""
         manager = self._manager()
         assert manager is not None
-        gone = asyncio.create_task(_removal(manager, node_id))
+        gone = asyncio.create_task(manager.dispatcher.removed(node_id))
         try:
             while True:
                 step = asyncio.ensure_future(anext(items))
@@ -109,16 +108,3 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             aclose = getattr(items, "aclose", None)
             if aclose is not None:
                 await aclose()
-
-
-async def _removal(manager: Manager, node_id: str) -> None:
-    """Return once the node is deleted from the store."""
-    watch = manager.store.watch({"node"})
-    try:
-        if manager.store.view().get("node", node_id) is None:
-            return
-        async for item in watch:
-            if isinstance(item, Event) and item.action == "delete" and item.obj.id == node_id:
-                return
-    finally:
-        watch.close()

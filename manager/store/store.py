@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TypeVar
 
@@ -23,6 +24,7 @@ from google.protobuf.message import Message
 
 from pyswarm.common.errors import InvalidArgument
 
+from ..metrics import Metrics
 from .backends.base import Backend, ChangeBatch, Op
 from .errors import VersionConflict
 from .memory import Snapshot
@@ -57,6 +59,8 @@ class Store:
         # (kind, id) -> revision of its delete, until the watch has passed that revision:
         # a late echo of an older write must not bring a deleted object back.
         self._tombstones: dict[tuple[str, str], int] = {}
+        # The manager's counters live with the store every loop shares (manager/metrics.py).
+        self.metrics = Metrics()
 
     @classmethod
     async def open(cls, backend: Backend) -> Store:
@@ -152,7 +156,11 @@ class Store:
                 Op(w.kind, w.id, w.obj.SerializeToString() if w.obj else None, w.expected_version)
                 for w in chunk
             ]
+            started = time.perf_counter()
             revision = await self._backend.commit(ops)
+            self.metrics.add("store_commit_seconds", time.perf_counter() - started)
+            self.metrics.add("store_commits")
+            self.metrics.add("store_writes", len(ops))
             for w in chunk:
                 if w.obj is not None:
                     w.obj.meta.version = revision  # type: ignore[attr-defined]

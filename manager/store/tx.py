@@ -104,6 +104,8 @@ class WriteTx(ReadTx):
     def __init__(self, snapshot: Snapshot):
         super().__init__(snapshot)
         self._pending: dict[tuple[str, str], Message | None] = {}
+        # The same writes by kind, so that a find in a large tx does not scan all of them.
+        self._pending_by_kind: dict[str, dict[str, Message | None]] = {}
         self._expected: dict[tuple[str, str], int] = {}
         self._now = now_rfc3339()  # one timestamp for every write of the tx
 
@@ -128,7 +130,7 @@ class WriteTx(ReadTx):
         check_kind(kind)
         filters = _filters(kind, service_id=service_id, node_id=node_id, name=name)
         found = self._find_in_snapshot(kind, filters, prefix)
-        mine = {id: obj for (k, id), obj in self._pending.items() if k == kind}
+        mine = self._pending_by_kind.get(kind)
         if not mine:
             return found
         found = [o for o in found if o.id not in mine]  # type: ignore[attr-defined]
@@ -148,6 +150,7 @@ class WriteTx(ReadTx):
             base = self._snapshot.get(kind, id)
             self._expected[key] = base.meta.version if base is not None else 0  # type: ignore[attr-defined]
         self._pending[key] = obj
+        self._pending_by_kind.setdefault(kind, {})[id] = obj
 
     def create(self, obj: Message) -> None:
         """Add a new object; Conflict if its id is taken. Sets meta.created_at/updated_at."""

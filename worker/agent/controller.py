@@ -30,7 +30,7 @@ from pyswarm.worker.engine.core import Engine
 from pyswarm.worker.engine.records import ContainerRecord
 from pyswarm.worker.engine.service import ExitWatcher
 
-S = opb.TaskState
+S = taskstate.S
 
 
 def now_rfc3339() -> str:

@@ -37,13 +37,14 @@ import ipaddress
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from pyswarm.common import taskstate
 from pyswarm.common.errors import PyswarmError
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
 from pyswarm.worker.agent.controller import TaskController
 from pyswarm.worker.network.lb import Backend, ServiceLB, ServicePort, VirtualIP
 
-S = opb.TaskState
+S = taskstate.S
 
 # The overlay that carries the routing mesh: the manager labels it (manager/allocator
 # /networks.py); by its name (Docker's) where the label is missing.

@@ -1,0 +1,387 @@
+#!/usr/bin/env python3
+"""How the manager's cost grows with its cluster: simulated nodes against a real manager.
+
+For each store (sqlite, etcd with a real `etcd` server started here) and each cluster size,
+a fresh manager daemon (`pyswarm daemon` + `pyswarm init`, its own node drained so it runs
+nothing) is joined by N simulated workers (worker/sim.py: the real join with a token and a
+CSR, then mutual-TLS sessions, a heartbeat every second, task status reports; no
+containers). Then, through the CLI as a user does:
+
+    deploy     a stack of services totalling T replicas on two overlay networks, each
+               service with a VIP (`pyswarm deploy --detach`), timed until the manager counts every
+               task RUNNING; the scheduler's own placements per second of its busy time
+               (manager counters from `Control.Info`) and end to end (deploy → every task
+               assigned on the simulated nodes)
+    rest       the manager daemon's CPU (cores, from /proc) over --rest seconds with every
+               node heartbeating, its memory now and at its peak (VmRSS, VmHWM)
+    failure    10% of the nodes die at once (connections dropped, no more heartbeats): time
+               until the manager marks them DOWN, until all their tasks are assigned to
+               surviving nodes, and until they all run again
+
+With --json the last line is one JSON object; keys are `<store>_<nodes>_<figure>`. The peer
+here is the issue's targets, stated as ratios (`..._ratio`, below 1 meets the target):
+placements/s against 10,000/s (inverted: target / measured), memory against 300 MB, CPU
+against half a core, failure re-placement against 5 s. `--profile DIR` records py-spy
+flame graphs of the manager during the deploy and at rest (pip install py-spy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.engine_fixtures import Daemon, cleanup, engine_env  # noqa: E402
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+TICK = os.sysconf("SC_CLK_TCK")
+TARGET_PLACEMENTS = 10_000.0
+TARGET_MEMORY_MB = 300.0
+TARGET_CPU = 0.5
+TARGET_REPLACE_S = 5.0
+
+
+def log(message: str) -> None:
+    print(f"[scale {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---- the manager process ---------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) in MB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+class Etcd:
+    def __init__(self, base: Path) -> None:
+        self.client = f"127.0.0.1:{free_port()}"
+        peer = f"http://127.0.0.1:{free_port()}"
+        self.log = open(base / "etcd.log", "wb")  # noqa: SIM115 - closed in stop()
+        # etcd's defaults (128 ops per txn, 1.5 MiB requests), as a user runs it.
+        self.proc = subprocess.Popen(
+            [ETCD, "--name", "scale", "--data-dir", str(base / "etcd"),
+             "--listen-client-urls", f"http://{self.client}",
+             "--advertise-client-urls", f"http://{self.client}",
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"scale={peer}"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not self._healthy():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"etcd did not start: see {base / 'etcd.log'}")
+            time.sleep(0.1)
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.client}/health", timeout=1) as r:
+                return bool(json.load(r).get("health") == "true")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def stack_file(folder: Path, services: int, tasks: int) -> Path:
+    """`services` services totalling `tasks` replicas, on two overlay networks with VIPs.
+
+    The networks get /18 subnets: a /24 (the default, as Docker's) holds 254 addresses, and
+    every task and every node taking part needs one."""
+    lines = ["services:"]
+    base, extra = divmod(tasks, services)
+    for i in range(services):
+        replicas = base + (1 if i < extra else 0)
+        lines += [f"  s{i}:", "    image: busybox", "    command: sleep 1d",
+                  "    deploy:", f"      replicas: {replicas}",
+                  f"    networks: [{'backend' if i % 2 == 0 else 'frontend'}]"]
+    lines += ["networks:"]
+    for name, subnet in (("backend", "10.96.0.0/18"), ("frontend", "10.96.64.0/18")):
+        lines += [f"  {name}:", "    driver: overlay", "    ipam:", "      config:",
+                  f"        - subnet: {subnet}"]
+    path = folder / "stack.yml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Profiler:
+    """py-spy flame graphs of the manager daemon, one per phase (optional)."""
+
+    def __init__(self, folder: Path | None, pid: int, label: str) -> None:
+        self.folder, self.pid, self.label = folder, pid, label
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+    def start(self, phase: str) -> None:
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        out = self.folder / f"{self.label}-{phase}.txt"
+        self.proc = subprocess.Popen(
+            [self.spy, "record", "-p", str(self.pid), "-r", "50", "-f", "raw", "-o", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(2)  # py-spy writes its file on SIGINT
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+
+
+# ---- one run ------------------------------------------------------------------------------
+
+
+async def poll(check: Callable[[], Any], timeout: float, every: float = 0.02) -> float:
+    """Seconds until check() is true (polled); TimeoutError past `timeout`."""
+    start = time.monotonic()
+    while True:
+        if check():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise TimeoutError
+        await asyncio.sleep(every)
+
+
+async def run_one(store: str, nodes: int, tasks: int, args: argparse.Namespace,
+                  index: int) -> dict[str, float]:
+    import grpc
+
+    from pyswarm.proto import cluster_pb2 as cpb
+    from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
+    from pyswarm.proto import objects_pb2 as opb
+    from pyswarm.worker.sim import Fleet
+
+    label = f"{store}_{nodes}"
+    base = Path(tempfile.mkdtemp(prefix=f"pyswarm-scale-{label}-"))
+    etcd = Etcd(base) if store == "etcd" else None
+    daemon = Daemon(base, engine_env(base, index))
+    fleet: Fleet | None = None
+    out: dict[str, float] = {}
+    try:
+        daemon.start()
+        port = free_port()
+        url = f"etcd://{etcd.client}" if etcd else "sqlite"
+        daemon.cli("init", "--advertise-addr", "127.0.0.1", "--listen-addr",
+                   f"127.0.0.1:{port}", "--store", url)
+        assert daemon.proc is not None
+        pid = daemon.proc.pid
+        channel = grpc.aio.insecure_channel(f"unix://{daemon.run_dir / 'pyswarm.sock'}")
+        control = cpb_grpc.ControlStub(channel)
+        info = await control.Info(cpb.InfoRequest())
+        daemon.cli("node", "update", "--availability", "drain", info.node_id)
+        token = (await control.JoinTokens(cpb.JoinTokensRequest())).worker
+        profiler = Profiler(args.profile, pid, label)
+
+        async def ready_nodes() -> int:
+            listed = await control.ListNodes(cpb.ListNodesRequest())
+            return sum(1 for n in listed.nodes if n.status.state == opb.NODE_STATE_READY)
+
+        # Join.
+        log(f"{label}: joining {nodes} simulated nodes")
+        fleet = Fleet(f"127.0.0.1:{port}", token, start_delay=args.start_delay)
+        started = time.monotonic()
+        await fleet.join(nodes, concurrency=args.join_concurrency)
+        await fleet.connected(timeout=300)
+        while await ready_nodes() < nodes + 1:
+            await asyncio.sleep(0.1)
+        out[f"{label}_join_s"] = round(time.monotonic() - started, 2)
+
+        # Deploy.
+        log(f"{label}: deploying {tasks} tasks in {args.services} services")
+        before = dict((await control.Info(cpb.InfoRequest())).metrics)
+        path = stack_file(base, args.services, tasks)
+        profiler.start("deploy")
+        started = time.monotonic()
+        deploy = await asyncio.create_subprocess_exec(
+            *_cli(), "deploy", "--detach", "-c", str(path), "scale", env=daemon.env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assigned_s_task = asyncio.create_task(poll(
+            lambda: sum(len(n.tasks) for n in fleet.nodes) >= tasks, args.timeout))
+        # (polled every 20 ms: the figure is at most that much late)
+        _, err = await deploy.communicate()
+        if deploy.returncode != 0:
+            raise RuntimeError(f"deploy failed: {err.decode()}")
+        assigned_s = await assigned_s_task
+
+        async def manager_running() -> int:
+            listed = await control.ListServices(cpb.ListServicesRequest(stack="scale"))
+            return sum(s.running for s in listed.services)
+
+        while await manager_running() < tasks:
+            if time.monotonic() - started > args.timeout:
+                raise RuntimeError(f"{label}: not every task ran within {args.timeout} s")
+            await asyncio.sleep(0.2)  # each answer counts 10,000 tasks: poll gently
+        running_s = time.monotonic() - started
+        profiler.stop()
+        after = dict((await control.Info(cpb.InfoRequest())).metrics)
+        placed = after.get("scheduler_placed", 0) - before.get("scheduler_placed", 0)
+        busy = after.get("scheduler_seconds", 0) - before.get("scheduler_seconds", 0)
+        out[f"{label}_tasks"] = tasks
+        out[f"{label}_all_assigned_s"] = round(assigned_s, 3)
+        out[f"{label}_all_running_s"] = round(running_s, 3)
+        out[f"{label}_placements_per_s_end_to_end"] = round(tasks / assigned_s, 1)
+        if busy > 0:
+            rate = placed / busy
+            out[f"{label}_scheduler_placements_per_s"] = round(rate, 1)
+            out[f"{label}_scheduler_passes"] = after.get("scheduler_passes", 0) - before.get(
+                "scheduler_passes", 0)
+            out[f"{label}_placements_target_ratio"] = round(TARGET_PLACEMENTS / rate, 3)
+        for key in ("store_commits", "store_writes", "store_commit_seconds",
+                    "dispatcher_status_commits"):
+            out[f"{label}_deploy_{key}"] = round(after.get(key, 0) - before.get(key, 0), 3)
+
+        # Rest.
+        await asyncio.sleep(args.settle)
+        log(f"{label}: measuring the manager at rest for {args.rest:g} s")
+        profiler.start("rest")
+        beats_before = fleet.stats.heartbeats
+        cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
+        await asyncio.sleep(args.rest)
+        cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - wall_before)
+        beats = (fleet.stats.heartbeats - beats_before) / args.rest
+        profiler.stop()
+        rss, peak = memory_mb(pid)
+        out[f"{label}_rest_cpu_cores"] = round(cpu, 3)
+        out[f"{label}_rest_heartbeats_per_s"] = round(beats, 1)
+        out[f"{label}_rss_mb"] = round(rss, 1)
+        out[f"{label}_peak_rss_mb"] = round(peak, 1)
+        out[f"{label}_cpu_target_ratio"] = round(cpu / TARGET_CPU, 3)
+        out[f"{label}_memory_target_ratio"] = round(peak / TARGET_MEMORY_MB, 3)
+
+        # Failure: a tenth of the nodes die at once.
+        dead_count = max(1, nodes // 10)
+        victims = sorted(fleet.nodes, key=lambda n: -len(n.tasks))[:dead_count]
+        lost = sum(len(n.running()) for n in victims)
+        survivors = [n for n in fleet.nodes if n not in victims]
+        log(f"{label}: killing {dead_count} nodes holding {lost} tasks")
+        profiler.start("failure")
+        started = time.monotonic()
+        await asyncio.gather(*(n.die() for n in victims))
+
+        def assigned_live() -> int:
+            return sum(1 for n in survivors for t in n.tasks.values()
+                       if t.desired_state == opb.TASK_STATE_RUNNING)
+
+        async def detect() -> float:
+            while await ready_nodes() > nodes + 1 - dead_count:
+                await asyncio.sleep(0.05)
+            return time.monotonic() - started
+
+        detect_task = asyncio.create_task(detect())
+        replaced_s = await poll(lambda: assigned_live() >= tasks, args.timeout)
+        rerun_s = replaced_s + await poll(
+            lambda: sum(len(n.running()) for n in survivors) >= tasks, args.timeout)
+        detect_s = await detect_task
+        profiler.stop()
+        out[f"{label}_dead_nodes"] = dead_count
+        out[f"{label}_dead_tasks"] = lost
+        out[f"{label}_dead_detected_s"] = round(detect_s, 3)
+        out[f"{label}_dead_replaced_s"] = round(replaced_s, 3)
+        out[f"{label}_dead_running_again_s"] = round(rerun_s, 3)
+        out[f"{label}_replace_target_ratio"] = round(replaced_s / TARGET_REPLACE_S, 3)
+        out[f"{label}_sim_refused_updates"] = fleet.stats.refused
+        out[f"{label}_sim_worst_heartbeat_gap_s"] = round(fleet.stats.worst_heartbeat_gap, 2)
+        final = dict((await control.Info(cpb.InfoRequest())).metrics)
+        out[f"{label}_manager_stall_s"] = round(final.get("dispatcher_stall_seconds", 0), 2)
+        if fleet.stats.errors:
+            log(f"{label}: simulated nodes saw errors: {fleet.stats.errors[:5]}")
+        await channel.close()
+        return out
+    finally:
+        if fleet is not None:
+            await fleet.close()
+        cleanup(daemon)
+        if etcd is not None:
+            etcd.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _cli() -> list[str]:
+    return [str(Path(sys.executable).parent / "pyswarm")]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", default="100,300,1000",
+                        help="cluster sizes, comma-separated (default 100,300,1000)")
+    parser.add_argument("--tasks", type=int, default=10000,
+                        help="tasks at the largest size; smaller sizes get as many per node")
+    parser.add_argument("--services", type=int, default=10, help="services in the stack")
+    parser.add_argument("--stores", default="sqlite,etcd", help="sqlite, etcd or both")
+    parser.add_argument("--start-delay", type=float, default=0.1,
+                        help="seconds a simulated node takes to start a task (default 0.1)")
+    parser.add_argument("--rest", type=float, default=10.0, help="seconds measured at rest")
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds after the deploy before measuring at rest")
+    parser.add_argument("--timeout", type=float, default=300.0, help="per phase, seconds")
+    parser.add_argument("--join-concurrency", type=int, default=16)
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="record py-spy profiles of the manager into DIR")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/scale.py needs root (it starts a pyswarm daemon)", file=sys.stderr)
+        return 2
+    sizes = [int(x) for x in args.nodes.split(",") if x]
+    stores = [s for s in args.stores.split(",") if s]
+    figures: dict[str, Any] = {"nodes": sizes, "stores": stores}
+    if "etcd" in stores and not os.path.exists(ETCD):
+        figures["etcd_skipped"] = f"{ETCD} is absent: apt-get install etcd-server"
+        stores.remove("etcd")
+    largest = max(sizes)
+    index = 0
+    for store in stores:
+        for nodes in sizes:
+            tasks = max(1, round(args.tasks * nodes / largest))
+            index += 1
+            result = asyncio.run(run_one(store, nodes, tasks, args, index))
+            for key, value in result.items():
+                log(f"  {key} = {value}")
+            figures.update(result)
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""The manager's counters: cheap running totals that say where its time goes.
+
+One `Metrics` per manager, passed to the loops that count; `Control.Info` returns a copy
+(`InfoResponse.metrics`), which is what `bench/scale.py` reads before and after each phase.
+Names (all totals since the manager started):
+
+    scheduler_passes, scheduler_placed      scheduling passes, tasks assigned to nodes
+    scheduler_seconds                       time spent planning and committing passes
+    store_commits, store_writes             backend commits, objects written
+    store_commit_seconds                    time spent in backend commits
+    dispatcher_heartbeats                   heartbeats answered
+    dispatcher_status_updates               task status updates applied
+    dispatcher_status_commits               commits those took (batched across nodes)
+    dispatcher_stall_seconds                time the manager's loop was stalled, given back
+                                            to heartbeat deadlines
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._values: defaultdict[str, float] = defaultdict(float)
+
+    def add(self, name: str, value: float = 1.0) -> None:
+        self._values[name] += value
+
+    def snapshot(self) -> dict[str, float]:
+        return dict(self._values)
