@@ -39,7 +39,9 @@ def _channel() -> Any:
         raise CLIError(f"permission denied on {sock}: the pyswarm socket is root-only; use sudo")
     import grpc
 
-    return grpc.insecure_channel(f"unix://{sock}")
+    # Listings of a large cluster exceed gRPC's 4 MiB default (10,000 tasks are ~25 MB).
+    return grpc.insecure_channel(f"unix://{sock}", options=[
+        ("grpc.max_receive_message_length", 1 << 30)])
 
 
 def connect() -> Any:

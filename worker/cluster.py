@@ -290,7 +290,8 @@ class ClusterHost:
 
     def _local_channel(self) -> grpc.aio.Channel:
         """The manager's own agent talks to it over the daemon's root-only socket."""
-        return grpc.aio.insecure_channel(f"unix://{self.cfg.socket_path}")
+        return grpc.aio.insecure_channel(f"unix://{self.cfg.socket_path}",
+                                         options=membership.SESSION_OPTIONS)
 
     def _manager_channel(self) -> grpc.aio.Channel:
         """Mutual TLS with the node's current certificate (renewals apply on reconnect)."""

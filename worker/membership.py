@@ -36,6 +36,9 @@ MANAGER_NAME = "swarm-manager"  # the name every manager certificate answers to
 DEFAULT_PORT = 2377
 CONNECT_TIMEOUT = 10.0  # seconds to reach a manager during a join
 RPC_TIMEOUT = 20.0
+# A session's whole NetworkState or COMPLETE assignments can pass gRPC's 4 MiB default in
+# a large cluster (a thousand tasks on one node, ten thousand in its services).
+SESSION_OPTIONS = [("grpc.max_receive_message_length", 256 << 20)]
 # Renew once a third of a certificate's life is left (30 of 90 days): plenty of retries
 # before it expires, even for a node that is off for a few weeks.
 RENEW_BEFORE = pki.NODE_VALIDITY / 3
@@ -88,7 +91,7 @@ class NodeCerts:
         """Mutual TLS to a manager, checked by name against this cluster's root CA."""
         creds = grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
         return grpc.aio.secure_channel(target, creds, options=[
-            ("grpc.ssl_target_name_override", MANAGER_NAME)])
+            ("grpc.ssl_target_name_override", MANAGER_NAME), *SESSION_OPTIONS])
 
 
 def remove_certs(root: Path) -> None:

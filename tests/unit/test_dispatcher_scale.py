@@ -1,0 +1,136 @@
+"""The dispatcher's behaviour at scale, over a real (in-memory) store: one watch routed to
+the sessions a commit touched, status reports group-committed across nodes, removal
+notices, and heartbeat deadlines that survive a stall of the manager itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from pyswarm.manager.dispatcher.dispatcher import Dispatcher
+from pyswarm.manager.store import MemoryBackend, Store
+from pyswarm.proto import cluster_pb2 as cpb
+from pyswarm.proto import objects_pb2 as opb
+from tests.unit.test_dispatcher import FAST, next_assignments, run, task
+
+S = opb.TaskState
+
+
+async def _cluster(nodes: int, per_node: int) -> tuple[Store, Dispatcher]:
+    store = await Store.open(MemoryBackend())
+    await store.update(lambda tx: [tx.create(task(f"t{n}-{i}", f"n{n}"))
+                                   for n in range(nodes) for i in range(per_node)])
+    dispatcher = Dispatcher(store, FAST, set())
+    await dispatcher.start()
+    return store, dispatcher
+
+
+def _running(task_id: str) -> cpb.TaskStatusUpdate:
+    return cpb.TaskStatusUpdate(task_id=task_id,
+                                status=opb.TaskStatus(state=S.TASK_STATE_RUNNING))
+
+
+def test_status_reports_of_many_nodes_share_commits_and_each_gets_its_own_answer() -> None:
+    async def body() -> None:
+        store, d = await _cluster(20, 2)
+        streams = []
+        for n in range(20):
+            stream = d.session(cpb.SessionRequest(node_id=f"n{n}"))
+            first = await anext(stream)
+            streams.append((stream, first.session_id))
+        before = store.metrics.snapshot().get("dispatcher_status_commits", 0)
+        # Every node reports its own two tasks and, wrongly, one of its neighbour's.
+        answers = await asyncio.gather(*(
+            d.update_task_status(cpb.UpdateTaskStatusRequest(
+                node_id=f"n{n}", session_id=sid,
+                updates=[_running(f"t{n}-0"), _running(f"t{n}-1"),
+                         _running(f"t{(n + 1) % 20}-0")]))
+            for n, (_, sid) in enumerate(streams)))
+        for n, answer in enumerate(answers):
+            assert list(answer.refused) == [f"t{(n + 1) % 20}-0"]
+        view = store.view()
+        assert all(view.get("task", f"t{n}-{i}").status.state == S.TASK_STATE_RUNNING
+                   for n in range(20) for i in range(2))
+        commits = store.metrics.snapshot()["dispatcher_status_commits"] - before
+        assert commits <= 2, f"20 nodes' reports took {commits} commits"
+        for stream, _ in streams:
+            await stream.aclose()
+        await d.stop()
+
+    run(body())
+
+
+def test_a_commit_reaches_only_the_sessions_of_the_nodes_it_touched() -> None:
+    async def body() -> None:
+        store, d = await _cluster(2, 1)
+        one = d.session(cpb.SessionRequest(node_id="n0"))
+        two = d.session(cpb.SessionRequest(node_id="n1"))
+        await anext(one)
+        await anext(two)
+
+        def stop_t1(tx: Any) -> None:
+            t = opb.Task()
+            t.CopyFrom(tx.get("task", "t1-0"))
+            t.desired_state = S.TASK_STATE_SHUTDOWN
+            tx.update(t)
+
+        await store.update(stop_t1)
+        message = await next_assignments(two)
+        assert [t.id for t in message.assignments.update] == ["t1-0"]
+        assert d._sessions["n0"].queue.empty(), "n0 was sent a change of n1's task"
+        # And n0 still gets its own changes after that.
+        await store.update(lambda tx: tx.delete("task", "t0-0"))
+        assert list((await next_assignments(one)).assignments.remove) == ["t0-0"]
+        await one.aclose()
+        await two.aclose()
+        await d.stop()
+
+    run(body())
+
+
+def test_removed_returns_when_the_node_is_deleted() -> None:
+    async def body() -> None:
+        store, d = await _cluster(1, 0)
+        stream = d.session(cpb.SessionRequest(node_id="n0"))
+        await anext(stream)
+        await asyncio.wait_for(d.removed("nobody"), 1)  # not a member: at once
+        waiter = asyncio.create_task(d.removed("n0"))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        await store.update(lambda tx: tx.delete("node", "n0"))
+        await asyncio.wait_for(waiter, 2)
+        await stream.aclose()
+        await d.stop()
+
+    run(body())
+
+
+def test_a_stall_of_the_manager_does_not_mark_its_nodes_down() -> None:
+    async def body() -> None:
+        store, d = await _cluster(1, 1)
+        stream = d.session(cpb.SessionRequest(node_id="n0"))
+        first = await anext(stream)
+        beat = cpb.HeartbeatRequest(node_id="n0", session_id=first.session_id)
+        for _ in range(2):  # a working cluster first: the liveness check is running
+            d.heartbeat(beat)
+            await asyncio.sleep(FAST.heartbeat_period)
+        d.heartbeat(beat)
+        # The manager's loop is blocked for 4 missed-heartbeat windows (a long pass, a slow
+        # disk): the node's heartbeats could not be heard meanwhile. The liveness check runs
+        # before the first heartbeat that was waiting.
+        time.sleep(FAST.down_after * 4)
+        await asyncio.sleep(0.02)
+        d.heartbeat(beat)
+        for _ in range(6):
+            await asyncio.sleep(FAST.heartbeat_period)
+            d.heartbeat(beat)
+        assert store.view().get("node", "n0").status.state == opb.NODE_STATE_READY
+        assert store.metrics.snapshot()["dispatcher_stall_seconds"] > FAST.down_after
+        # A node that really stops is still found out.
+        await asyncio.sleep(FAST.down_after + 3 * FAST.heartbeat_period)
+        assert store.view().get("node", "n0").status.state == opb.NODE_STATE_DOWN
+        await stream.aclose()
+        await d.stop()
+
+    run(body())
