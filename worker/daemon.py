@@ -15,6 +15,7 @@ them from the state folder.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import os
@@ -116,6 +117,18 @@ async def serve(cfg: EngineConfig, runtime: object, cgroup_driver: str) -> None:
     network.close()
 
 
+def _raise_open_files() -> None:
+    """The soft limit on open files up to the hard one: a manager holds two sockets per
+    connected node (its TLS connection and the relay's), past the usual 1,024 soft limit at
+    a few hundred nodes."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(cfg: EngineConfig) -> int:
     if os.geteuid() != 0:
         print("pyswarm daemon: needs root (namespaces, cgroups, mounts, nftables)",
@@ -131,6 +144,7 @@ def run(cfg: EngineConfig) -> int:
     driver = detect()
     runtime = Runtime(driver)
     runtime.start()  # the zygote: before any thread exists
+    _raise_open_files()  # after the zygote: containers keep the limits the daemon got
     try:
         asyncio.run(serve(cfg, runtime, "v2" if isinstance(driver, V2Driver) else "v1"))
     finally:

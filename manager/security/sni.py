@@ -7,8 +7,6 @@ gRPC's BoringSSL) is treated as naming nothing.
 
 from __future__ import annotations
 
-import asyncio
-
 HANDSHAKE = 0x16
 CLIENT_HELLO = 0x01
 SERVER_NAME_EXT = 0x0000
@@ -19,14 +17,19 @@ class NotTLS(Exception):
     """The peer did not open with a TLS handshake record."""
 
 
-async def read_first_record(reader: asyncio.StreamReader) -> bytes:
-    header = await reader.readexactly(5)
-    if header[0] != HANDSHAKE:
-        raise NotTLS(f"not a TLS handshake (first byte {header[0]:#04x})")
-    length = int.from_bytes(header[3:5], "big")
+def first_record(data: bytes | bytearray) -> bytes | None:
+    """The first TLS record in `data` once all of it is there (None: not yet); NotTLS if
+    the peer did not open with a handshake record."""
+    if not data:
+        return None
+    if data[0] != HANDSHAKE:
+        raise NotTLS(f"not a TLS handshake (first byte {data[0]:#04x})")
+    if len(data) < 5:
+        return None
+    length = int.from_bytes(data[3:5], "big")
     if length > MAX_RECORD:
         raise NotTLS(f"TLS record too long ({length} bytes)")
-    return header + await reader.readexactly(length)
+    return bytes(data[:5 + length]) if len(data) >= 5 + length else None
 
 
 def server_name(record: bytes) -> str | None:

@@ -102,3 +102,15 @@ def test_no_server_name_and_garbage() -> None:
     assert sni.server_name(b"GET / HTTP/1.1\r\n\r\n") is None
     truncated = client_hello("swarm-ca")[:60]
     assert sni.server_name(truncated) is None
+
+
+def test_the_first_record_is_taken_only_once_it_is_all_there() -> None:
+    hello = client_hello("swarm-ca")
+    size = 5 + int.from_bytes(hello[3:5], "big")
+    for cut in (0, 3, 5, size - 1):  # the relay gets the hello in pieces
+        assert sni.first_record(hello[:cut]) is None
+    assert sni.first_record(hello[:size] + b"more") == hello[:size]
+    with pytest.raises(sni.NotTLS):
+        sni.first_record(b"GET / HTTP/1.1\r\n\r\n")
+    with pytest.raises(sni.NotTLS):  # a length no ClientHello has
+        sni.first_record(bytes([0x16, 3, 1, 0xFF, 0xFF]))
