@@ -150,6 +150,12 @@ class OverlayNetworks:
         # Replaced whole, never changed in place: readers need no lock.
         self._applied: dict[str, OverlaySpec] = {}
         self._firewalled: set[str] = set()
+        # The last plan applied without an error, and the peers then programmed on each
+        # VXLAN device (vni -> (link index, peers)): an unchanged plan costs nothing, and a
+        # changed peer list costs its changes, not a dump of every FDB entry (a thousand
+        # peers, at every node joining a large cluster).
+        self._plan: OverlayPlan | None = None
+        self._peers: dict[int, tuple[int, frozenset[str]]] = {}
 
     def bridge_name(self, vni: int) -> str:
         return f"{self.prefix}b{vni:x}"
@@ -176,6 +182,9 @@ class OverlayNetworks:
         """Make the kernel match the state: overlays and peers added, changed, removed."""
         plan = plan_from_state(state, local_addr)  # raises before anything changes
         with self._lock:
+            if plan == self._plan:
+                return
+            self._plan = None
             errors, present = self._run(_apply_kernel, self, plan)
             self._applied = {s.network_id: s for s in plan.networks
                              if self.bridge_name(s.vni) in present}
@@ -185,7 +194,9 @@ class OverlayNetworks:
             except RuntimeFailure as e:
                 errors.append(f"peer filter: {e}")
         if errors:
+            self._peers.clear()  # the next apply checks every entry again
             raise RuntimeFailure("overlay networks: " + "; ".join(errors))
+        self._plan = plan
 
     def teardown(self) -> None:
         """Remove every overlay link of this engine and its firewall rules."""
@@ -197,6 +208,8 @@ class OverlayNetworks:
             firewall.remove_prefixed(self.prefix + "b")  # a previous daemon's too
             self._firewalled.clear()
             self._applied = {}
+            self._plan = None
+            self._peers.clear()
             if self._nft is not None and self._filter:
                 with contextlib.suppress(RuntimeFailure):  # the table may be gone already
                     self._nft.run(f"delete chain ip {self._table} {INPUT_CHAIN}\n"
@@ -275,7 +288,9 @@ def _apply_kernel(
             alias = f"pyswarm {nets.node_bridge} {spec.network_id}"
             index = _ensure_bridge(ipr, bridge, spec, alias)
             vx = _ensure_vxlan(ipr, vxlan, spec.vni, plan.local, index)
-            _sync_peers(ipr, vx, plan.peers)
+            known = nets._peers.pop(spec.vni, None)
+            _sync_peers(ipr, vx, plan.peers, known[1] if known and known[0] == vx else None)
+            nets._peers[spec.vni] = (vx, plan.peers)
         except (NetlinkError, OSError, RuntimeFailure) as e:
             errors.append(f"network {spec.name} (vni {spec.vni}): {e}")
     _remove_links(ipr, nets.prefix, wanted)
@@ -368,8 +383,18 @@ def _ensure_vxlan(ipr: IPRoute, name: str, vni: int, local: str, bridge_index: i
     return index
 
 
-def _sync_peers(ipr: IPRoute, vxlan_index: int, peers: frozenset[str]) -> None:
-    """One all-zero entry per peer; entries towards anything else (learned too) deleted."""
+def _sync_peers(ipr: IPRoute, vxlan_index: int, peers: frozenset[str],
+                known: frozenset[str] | None = None) -> None:
+    """One all-zero entry per peer; entries towards anything else (learned too) deleted.
+
+    With `known` (the peers this device was last programmed with, by this process) and no
+    peer removed, only the new peers are programmed: nodes joining a large cluster cost
+    their own entries, not a dump of every entry. A removed peer takes the full check, so
+    that the entries learned towards it go too (it must not stay reachable)."""
+    if known is not None and known <= peers:
+        for dst in sorted(peers - known):
+            ipr.fdb("append", ifindex=vxlan_index, lladdr=ZERO_MAC, dst=dst)
+        return
     flood: set[str] = set()
     for entry in ipr.fdb("dump", ifindex=vxlan_index):
         dst = entry.get_attr("NDA_DST")
