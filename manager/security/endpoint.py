@@ -158,6 +158,7 @@ class _Side(asyncio.Protocol):
 
     transport: asyncio.Transport | None = None
     peer: _Side | None = None
+    ended = False  # this end has received EOF
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -168,11 +169,17 @@ class _Side(asyncio.Protocol):
             self.peer.transport.write(data)
 
     def eof_received(self) -> bool:
+        """Half-close passed on; once both directions have ended, both ends close (a
+        half-closed pair left open would hold two sockets for every connection ever made)."""
+        self.ended = True
         peer = self.peer.transport if self.peer is not None else None
-        if peer is not None and peer.can_write_eof():
-            peer.write_eof()  # half-close passed on; the other direction goes on
-            return True
-        return False
+        if peer is None or not peer.can_write_eof() or (self.peer is not None
+                                                        and self.peer.ended):
+            if peer is not None:
+                peer.close()
+            return False  # asyncio closes this end
+        peer.write_eof()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
