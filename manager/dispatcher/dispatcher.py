@@ -16,8 +16,9 @@ Policy:
   together (group commit: while one commit is in flight the next requests gather, and go
   in one transaction when it ends). An update that would move a task backwards is refused
   for that task alone. A thousand nodes reporting at once cost a handful of commits.
-- After the COMPLETE assignments a session gets its node's NetworkState, then the whole
-  state again whenever it changes (netpush.py: coalesced, one round for all sessions).
+- After the COMPLETE assignments a session gets its node's whole NetworkState, then deltas
+  against what it last sent whenever it changes (netpush.py: coalesced rounds, pulled
+  when the stream is ready to send).
 """
 
 from __future__ import annotations
@@ -50,16 +51,15 @@ class _Session:
     node_id: str
     queue: asyncio.Queue[cpb.SessionMessage | bool | None] = field(
         default_factory=asyncio.Queue)
-    # The newest NetworkState not yet sent, serialized; `True` in the queue stands for it,
-    # so a slow stream holds one state (the latest), not every state since it fell behind.
-    network: bytes | None = None
     # What the node was last sent: task id -> fingerprint (assignments.diff).
     sent: dict[str, tuple[int, int]] = field(default_factory=dict)
 
-    def offer_network(self, state: bytes) -> None:
-        if self.network is None:
-            self.queue.put_nowait(True)
-        self.network = state
+    def offer_network(self) -> None:
+        """NetworkPush's notice that the node's NetworkState may have changed: `True` in
+        the queue stands for "pull it when the stream gets there" (NetworkPush queues one
+        at a time), so a slow stream gets one delta since what it last sent, not every
+        state since it fell behind."""
+        self.queue.put_nowait(True)
 
 
 class Dispatcher:
@@ -123,14 +123,17 @@ class Dispatcher:
             yield cpb.SessionMessage(
                 session_id=session.id, heartbeat_period_ms=self.period_ms,
                 assignments=asg.message(cpb.Assignments.COMPLETE, update, []))
+            state = self.network.pull(session.id)  # the first NetworkState, whole
+            if state is not None:
+                yield session_message(session.id, self.period_ms, state)
             while True:
                 item = await session.queue.get()
                 if item is None:
                     return
                 if item is True:
-                    state, session.network = session.network, None
+                    state = self.network.pull(session.id)
                     if state is None:
-                        continue
+                        continue  # nothing changed for this node
                     item = session_message(session.id, self.period_ms, state)
                 assert isinstance(item, cpb.SessionMessage)
                 yield item

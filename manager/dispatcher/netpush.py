@@ -1,134 +1,220 @@
-"""Pushes every session its node's NetworkState: once after its COMPLETE assignments, then
-whole again each time it changes.
+"""Pushes every session its node's NetworkState: whole first, then deltas against what the
+session was last delivered (netstate.py builds both; common/netdelta.py applies them).
 
 Policy:
-- Coalesced: a round runs at most every `interval` seconds, whatever the rate of commits,
-  and only after a commit that could change some node's state (a task starting or stopping
-  to take connections, a service, a network, a node's address, readiness or attachments).
-- One round serves every session from one snapshot (netstate.Round); a session is sent
-  its state only when its bytes differ from what it was last sent, and never an older one.
+- Pull-based: a session pulls its first state (whole) after its COMPLETE assignments;
+  then, while something may be new for it, its queue holds one marker, and when its stream
+  gets there the dispatcher asks `pull` for the state since what the session last
+  delivered. A slow stream skips versions (one delta spans many rounds), and
+  no delta is lost or sent twice. Nothing is sent when a node's state did not change.
+- Coalesced and paced rounds: a round runs at most every `interval` seconds, after store
+  events that can change some node's state (`matters`), and no sooner after the last one
+  than the sessions it told take to send (SENDS_PER_SECOND; nor while many of them have
+  not pulled yet): what a node is sent per change is small, but every node is sent it,
+  and each message has its cost. A round re-reads only the objects those events
+  name (netstate.Dirty), logs what changed and marks the sessions whose state may have
+  changed: all of them when a peer or a network changed, else those whose node's
+  attachments changed or whose networks a changed endpoint is on.
+- A round's snapshot has every event up to its revision behind it: the watch is drained
+  (which never waits while items are queued) right before the snapshot is taken.
+- Never an older state than sent: a session only moves forward through the rounds.
 - A state goes out as a SessionMessage with an empty INCREMENTAL `assignments`, so that an
   agent that applies `assignments` unconditionally sees "no change" rather than an empty
   COMPLETE set.
+- Counters (Store.metrics): netpush_rounds, netpush_round_seconds, netpush_whole_states,
+  netpush_deltas, netpush_bytes (serialized states handed to sessions).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyswarm.manager.dispatcher.netstate import Builder, Parts, serialized, takes_connections
+from pyswarm.manager.dispatcher.netstate import (
+    Changes,
+    Delivered,
+    Dirty,
+    NetworkModel,
+    takes_connections,
+    task_name,
+    varint,
+)
 from pyswarm.manager.store import Commit, Event, Store, Watch
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
 
-# Rounds at most this often: a node starting 100 tasks gets a handful of states, not 100,
-# and one round's cost (every session's state) is paid at most 20 times a second.
+# Rounds at most this often: a node starting 100 tasks gets a handful of deltas, not 100.
 INTERVAL = 0.05
+# And paced by what they cost: a round that told N sessions is followed by the next one no
+# sooner than N / SENDS_PER_SECOND later (at a thousand nodes, every half second). Building
+# a delta costs microseconds; sending it (gRPC, TLS, the manager port's relay) costs the
+# loop that heartbeats share much more: unpaced, a thousand nodes joining had rounds every
+# 50 ms each telling every node, and nodes fell behind on heartbeats (bench/scale.py).
+SENDS_PER_SECOND = 2000
+# Nor does a round start while more than a tenth of the sessions told by the last ones have
+# not pulled yet (their streams are behind: the loop is busy), for up to this long.
+BACKLOG_WAIT = 1.0
+KINDS = {"node", "service", "task", "network"}
 
 
 @dataclass
 class _Target:
     node_id: str
-    send: Callable[[bytes], None]
-    sent: Parts | None = None
-    version: int = 0
+    notify: Callable[[], None]
+    had: Delivered | None = None  # what its node has (None: nothing yet)
+    pending: bool = False         # notified, not pulled since
 
 
 class NetworkPush:
     def __init__(self, store: Store, interval: float = INTERVAL) -> None:
         self.store = store
         self.interval = interval
-        self._builder = Builder()
+        self.model = NetworkModel()
         self._targets: dict[str, _Target] = {}
-        self._wake = asyncio.Event()
+        self._dirty = Dirty()
+        self._watch: Watch | None = None
         self._task: asyncio.Task[None] | None = None
+        self._pending = 0                  # sessions told, not pulled since
+        self._caught_up = asyncio.Event()  # set when few are
         self.rounds = 0
 
-    def add(self, key: str, node_id: str, send: Callable[[bytes], None]) -> None:
-        """Follow a session: its first state goes out with the next round. `send` gets the
-        serialized NetworkState (see session_message)."""
-        self._targets[key] = _Target(node_id, send)
-        self._wake.set()
+    def add(self, key: str, node_id: str, notify: Callable[[], None]) -> None:
+        """Follow a session. It pulls its first state (whole) when ready to send it; from
+        then on `notify()` means "pull when ready to send", once until the session pulls."""
+        self.remove(key)
+        self._targets[key] = _Target(node_id, notify, pending=True)
+        self._pending += 1
 
     def remove(self, key: str) -> None:
-        self._targets.pop(key, None)
+        target = self._targets.pop(key, None)
+        if target is not None and target.pending:
+            self._pulled()
+
+    def pull(self, key: str) -> bytes | None:
+        """The session's NetworkState since what it last pulled, serialized (whole the first
+        time, then deltas; see session_message), or None when nothing changed for it. What
+        is returned counts as delivered."""
+        target = self._targets.get(key)
+        if target is None:
+            return None
+        if target.pending:
+            target.pending = False
+            self._pulled()
+        wholes = self.model.whole_states
+        data, target.had = self.model.state_for(target.node_id, target.had)
+        if data is not None:
+            metrics = self.store.metrics
+            metrics.add("netpush_whole_states" if self.model.whole_states > wholes
+                        else "netpush_deltas")
+            metrics.add("netpush_bytes", len(data))
+        return data
+
+    # ---- rounds ----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Follow the store from its current snapshot (start() does this, then runs)."""
+        if self._watch is None:
+            self._watch = self.store.watch(KINDS)
+            self.model.load(self.store.view())  # no await between: the watch has the rest
 
     async def start(self) -> None:
-        watch = self.store.watch({"node", "service", "task", "network"})
-        self._task = asyncio.create_task(self._run(watch))
+        self.open()
+        self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
-    async def _run(self, watch: Watch) -> None:
-        reader = asyncio.create_task(self._read(watch))
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                await self.push()
-                await asyncio.sleep(self.interval)
-        finally:
-            reader.cancel()
-            watch.close()
-
-    async def _read(self, watch: Watch) -> None:
-        relevant = False
-        async for item in watch:
-            if isinstance(item, Event):
-                relevant = relevant or matters(item)
-            elif isinstance(item, Commit) and relevant:
-                relevant = False
-                self._wake.set()
-
-    async def push(self) -> None:
-        """One round: every followed session whose state changed is sent it. The loop is
-        given back between sessions: at a thousand nodes a round takes seconds, and
-        heartbeats must not wait for it."""
-        if not self._targets:
-            return
-        self.rounds += 1
-        now = self._builder.build(self.store.view())
-        for target in list(self._targets.values()):
-            await asyncio.sleep(0)
-            if now.revision < target.version:
+    async def _run(self) -> None:
+        assert self._watch is not None
+        watch = self._watch
+        loop = asyncio.get_running_loop()
+        due = -math.inf  # the next round's earliest time
+        while True:
+            try:
+                self._note(await anext(watch))
+            except StopAsyncIteration:
+                return
+            if not self._dirty:
                 continue
-            parts = now.parts(target.node_id)
-            if parts == target.sent:
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._backlog():
+                with contextlib.suppress(TimeoutError):
+                    self._caught_up.clear()
+                    await asyncio.wait_for(self._caught_up.wait(), BACKLOG_WAIT)
+            told = self._pending
+            if await self.step() is not None:
+                told = self._pending - told
+                due = loop.time() + max(self.interval, told / SENDS_PER_SECOND)
+
+    def _backlog(self) -> bool:
+        return self._pending > max(1, len(self._targets) // 10)
+
+    def _pulled(self) -> None:
+        self._pending -= 1
+        if not self._backlog():
+            self._caught_up.set()
+
+    async def step(self) -> Changes | None:
+        """One round now: the events queued so far, then the store's current snapshot."""
+        watch = self._watch
+        assert watch is not None, "open() first"
+        while watch.pending():
+            self._note(await anext(watch))  # queued: returns without waiting
+        return self._round()
+
+    def _note(self, item: Event | Commit) -> None:
+        if isinstance(item, Event) and matters(item):
+            self._dirty.note(item)
+
+    def _round(self) -> Changes | None:
+        started = time.perf_counter()
+        dirty, self._dirty = self._dirty, Dirty()
+        changes = self.model.advance(self.store.view(), dirty)
+        if changes is not None:
+            self.rounds += 1
+            self._notify(changes)
+            metrics = self.store.metrics
+            metrics.add("netpush_rounds")
+            metrics.add("netpush_round_seconds", time.perf_counter() - started)
+        return changes
+
+    def _notify(self, ch: Changes) -> None:
+        for target in self._targets.values():
+            if target.pending:
                 continue
-            target.sent = parts
-            target.version = now.revision
-            target.send(serialized(now.revision, parts))
+            had = target.had
+            if (had is None or ch.networks or (ch.peers and ch.peers != {target.node_id})
+                    or target.node_id in ch.nodes or not ch.touched.isdisjoint(had.joined)):
+                target.pending = True
+                self._pending += 1
+                target.notify()
 
 
 def session_message(session_id: str, period_ms: int, state: bytes) -> cpb.SessionMessage:
     """A SessionMessage carrying a serialized NetworkState, parsed once: building it from a
-    NetworkState object would copy the state again (it is a megabyte at 10,000 tasks)."""
+    NetworkState object would copy the state again (a whole one is a megabyte at 10,000
+    tasks)."""
     head = cpb.SessionMessage(session_id=session_id, heartbeat_period_ms=period_ms,
                               assignments=cpb.Assignments(type=cpb.Assignments.INCREMENTAL))
     return cpb.SessionMessage.FromString(
-        head.SerializeToString() + _NETWORK_TAG + _varint(len(state)) + state)
+        head.SerializeToString() + _NETWORK_TAG + varint(len(state)) + state)
 
 
 # SessionMessage.network: field 4, length-delimited.
-_NETWORK_TAG = bytes([4 << 3 | 2])
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        if n:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
+_NETWORK_TAG = bytes([cpb.SessionMessage.NETWORK_FIELD_NUMBER << 3 | 2])
 
 
 def matters(event: Event) -> bool:
@@ -142,7 +228,8 @@ def matters(event: Event) -> bool:
         if before != after:
             return True
         return after and old is not None and new is not None and (
-            old.node_id != new.node_id or old.networks != new.networks)
+            old.node_id != new.node_id or old.networks != new.networks
+            or task_name(old) != task_name(new))  # type: ignore[arg-type]
     if event.kind == "node":
         if old is None or new is None:
             return True

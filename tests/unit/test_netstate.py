@@ -1,10 +1,12 @@
-"""Each node's NetworkState, built from a 3-node cluster the real loops allocated."""
+"""Each node's whole NetworkState, built from a 3-node cluster the real loops allocated
+(deltas: test_netdelta.py)."""
 
 from __future__ import annotations
 
+from pyswarm.common.netdelta import NetworkView
 from pyswarm.manager.allocator import networks as nets
-from pyswarm.manager.dispatcher.netpush import matters
-from pyswarm.manager.dispatcher.netstate import Builder
+from pyswarm.manager.dispatcher.netpush import NetworkPush, matters
+from pyswarm.manager.dispatcher.netstate import NetworkModel
 from pyswarm.manager.loops.tasks import copy
 from pyswarm.manager.store import Event
 from pyswarm.proto import cluster_pb2 as cpb
@@ -44,8 +46,9 @@ def _state(task: opb.Task, state: int) -> opb.Task:
 
 
 def _states(c: Cluster) -> dict[str, cpb.NetworkState]:
-    built = Builder().build(c.store.view())
-    return {f"n{i}": built.state(f"n{i}") for i in (1, 2, 3)}
+    model = NetworkModel()
+    model.load(c.store.view())
+    return {f"n{i}": model.state(f"n{i}") for i in (1, 2, 3)}
 
 
 def _settled(c: Cluster, tasks: dict[str, opb.Task]) -> bool:
@@ -110,7 +113,7 @@ def _desired(task: opb.Task) -> opb.Task:
     return task
 
 
-def test_rounds_share_parts_between_nodes_and_reuse_what_did_not_change() -> None:
+def test_nodes_share_what_they_can_and_a_round_rebuilds_only_what_changed() -> None:
     async def body() -> None:
         c = await Cluster.start(nodes=3)
         await c.deploy([service_spec("web", replicas=1, ports=((80, 0, INGRESS),)),
@@ -119,19 +122,39 @@ def test_rounds_share_parts_between_nodes_and_reuse_what_did_not_change() -> Non
         await c.placed("s_api", 1)
         await c.run_all()
         await until(lambda: all(c.node(f"n{i}").attachments for i in (1, 2, 3)), "ingress")
-        builder = Builder()
-        first = builder.build(c.store.view())
-        a, b = first.parts("n1")[1], first.parts("n2")[1]
-        if {x.network_id for x in c.node("n1").attachments} == {
-                x.network_id for x in c.node("n2").attachments}:
-            assert a is b  # one group, joined once
-        second = builder.build(c.store.view())
-        assert second.parts("n1")[1] is a  # nothing changed: the same bytes
-        endpoints = {e.stamp for e in second.endpoints}
+        push = NetworkPush(c.store)
+        push.open()
+        model = push.model
+        views = {f"n{i}": NetworkView(f"n{i}") for i in (1, 2, 3)}
+        for node_id, view in views.items():
+            push.add(node_id, node_id, lambda: None)
+            data = push.pull(node_id)
+            assert data is not None
+            view.apply(cpb.NetworkState.FromString(data))
+        groups = {frozenset(a.network_id for a in c.node(n).attachments) for n in views}
+        assert model.shared_builds == len(groups)  # joined once per set of networks
+        assert model.endpoint_builds == 2          # each endpoint once, for every node
+        assert push.pull("n1") is None             # nothing changed
+
         (web,) = c.tasks("s_web")
         await c.write(lambda tx: tx.update(_desired(tx.get("task", web.id))))
-        third = builder.build(c.store.view())
-        assert len({e.stamp for e in third.endpoints} - endpoints) == 1  # web's alone
+        await push.step()
+        for node_id, view in views.items():
+            data = push.pull(node_id)
+            assert data is not None
+            delta = cpb.NetworkState.FromString(data)
+            assert delta.base_version == view.version  # a delta, against what it has
+            (changed,) = delta.endpoints               # web alone, its task removed
+            assert changed.service_name == "s_web" and not changed.tasks
+            assert list(changed.removed_tasks) == [web.id]
+            state = view.apply(delta)
+            assert [len(e.tasks) for e in state.endpoints] == [1, 0]  # s_api, s_web
+        assert model.whole_states == 3 and model.endpoint_builds == 2  # no whole state
+        # A new session's whole state joins web's endpoint again, not api's.
+        push.add("again", "n1", lambda: None)
+        assert push.pull("again") is not None
+        assert model.endpoint_builds == 3
+        await push.stop()
         await c.stop()
 
     run(body)

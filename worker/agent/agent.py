@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from pyswarm.common.netdelta import NetworkView, StaleDelta
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from pyswarm.proto import objects_pb2 as opb
@@ -70,7 +71,8 @@ class Agent:
         self.on_tasks_changed = on_tasks_changed
         self.before_report = before_report
         self.on_network_state = on_network_state
-        self.network_state: cpb.NetworkState | None = None
+        self.network_state: cpb.NetworkState | None = None  # the whole state, merged
+        self.network_view = NetworkView(node_id)
         self._period = 1.0
         self._cleanups: set[asyncio.Task[None]] = set()
 
@@ -116,9 +118,16 @@ class Agent:
                 if message.HasField("assignments"):  # absent: a network-only message
                     self._apply(message.assignments)
                 if message.HasField("network"):
-                    self.network_state = message.network
+                    # Whole first, then deltas: consumers get the merged whole state.
+                    try:
+                        state = self.network_view.apply(message.network)
+                    except StaleDelta as exc:
+                        # A message was missed: a new session starts with a whole state.
+                        print(f"pyswarm agent: {exc}; reconnecting", flush=True)
+                        raise
+                    self.network_state = state
                     if self.on_network_state is not None:
-                        self.on_network_state(message.network)
+                        self.on_network_state(state)
         finally:
             for h in helpers:
                 h.cancel()
