@@ -22,6 +22,15 @@ class ManagerConfig:
     # DOWN: as long as a missed-heartbeat window, so a manager restart never replaces tasks
     # whose node merely has not reconnected yet.
     reconnect_grace: float = 3.0
+    # When more than this fraction of the nodes (and at least mass_failure_min of them)
+    # miss their heartbeats within a few periods, the manager suspects itself (overloaded,
+    # or cut off) rather than all of them, and holds off marking them DOWN for up to
+    # mass_failure_hold seconds: replacing half a cluster's tasks at once, on a manager that
+    # is already behind, is how a slow manager collapses a healthy cluster (Kubernetes'
+    # node controller stops evicting in a "full disruption" for the same reason).
+    mass_failure_fraction: float = 0.5
+    mass_failure_min: int = 10
+    mass_failure_hold: float = 30.0
     # Ended tasks kept per slot (`service ps` history), Swarm's default.
     task_history_limit: int = 5
 

@@ -13,6 +13,10 @@ Names (all totals since the manager started):
     dispatcher_status_commits               commits those took (batched across nodes)
     dispatcher_stall_seconds                time the manager's loop was stalled, given back
                                             to heartbeat deadlines
+    dispatcher_mass_failure_holds           nodes given another period because too many
+                                            failed at once (ManagerConfig.mass_failure_*)
+    netpush_*                               NetworkState rounds, whole states and deltas
+                                            sent, their bytes and time (netpush.py)
 """
 
 from __future__ import annotations

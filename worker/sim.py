@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 
 from pyswarm.common import pki, taskstate
+from pyswarm.common.netdelta import NetworkView, StaleDelta
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from pyswarm.proto import objects_pb2 as opb
@@ -63,7 +64,9 @@ class SimNode:
             engine_version="pyswarm-sim")
         self.tasks: dict[str, opb.Task] = {}        # what the manager assigned
         self.states: dict[str, int] = {}            # what this node reported last
-        self.network: cpb.NetworkState | None = None
+        # The cluster's network view as this node has it: whole states and deltas applied
+        # as the real agent applies them (a delta against another version is an error).
+        self.network = NetworkView(self.node_id)
         self.network_messages = 0
         self._outbox: dict[str, opb.TaskStatus] = {}
         self._outbox_ready = asyncio.Event()
@@ -140,7 +143,11 @@ class SimNode:
                 if message.HasField("assignments"):
                     self._apply(message.assignments)
                 if message.HasField("network"):
-                    self.network = message.network
+                    try:
+                        self.network.update(message.network)
+                    except StaleDelta as exc:
+                        self.stats.errors.append(f"{self.name}: {exc}")
+                        raise
                     self.network_messages += 1
         finally:
             for h in helpers:

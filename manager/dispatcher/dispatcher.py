@@ -24,6 +24,7 @@ Policy:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import secrets
 import time
@@ -72,6 +73,9 @@ class Dispatcher:
         self._liveness: asyncio.Task[None] | None = None
         self._router: asyncio.Task[None] | None = None
         self._removal_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._downs: collections.deque[float] = collections.deque()  # recent DOWN marks
+        self._held_since: dict[str, float] = {}  # nodes held by _hold_mass_failure
+        self._holding = False
         # Status batches waiting for the next group commit, and whether one is running.
         self._statuses: list[tuple[str, list[cpb.TaskStatusUpdate],
                                    asyncio.Future[list[str]]]] = []
@@ -223,6 +227,7 @@ class Dispatcher:
         if session is None or session.id != request.session_id:
             raise NotFound("session invalid: open a new session")
         self._last_beat[request.node_id] = time.monotonic()
+        self._held_since.pop(request.node_id, None)
         self.store.metrics.add("dispatcher_heartbeats")
         return cpb.HeartbeatResponse(period_ms=self.period_ms)
 
@@ -245,14 +250,46 @@ class Dispatcher:
                     self._last_beat[node_id] += late
                 self.store.metrics.add("dispatcher_stall_seconds", late)
             dead = [n for n, t in self._last_beat.items() if now - t > self.cfg.down_after]
+            dead = self._hold_mass_failure(dead, now)
             if not dead:
                 continue
+            self._downs.extend(now for _ in dead)
             for node_id in dead:
+                self._held_since.pop(node_id, None)
                 del self._last_beat[node_id]
                 session = self._sessions.pop(node_id, None)
                 if session is not None:
                     session.queue.put_nowait(None)
             await self.store.update(lambda tx, dead=dead: _mark_down(tx, dead), retries=5)
+
+    def _hold_mass_failure(self, dead: list[str], now: float) -> list[str]:
+        """The nodes to mark DOWN now: all of `dead`, unless too many nodes fail at once
+        (ManagerConfig.mass_failure_*): those are given one more period at a time, each for
+        at most mass_failure_hold seconds."""
+        window = 3 * self.cfg.down_after
+        while self._downs and self._downs[0] < now - window:
+            self._downs.popleft()
+        failing = len(self._downs) + len(dead)
+        tracked = len(self._last_beat) + len(self._downs)
+        if len(dead) < self.cfg.mass_failure_min or (
+                failing <= self.cfg.mass_failure_fraction * tracked):
+            return dead
+        held = [n for n in dead
+                if now - self._held_since.setdefault(n, now) < self.cfg.mass_failure_hold]
+        if held:
+            if not self._holding:
+                print(f"pyswarm manager: {failing} of {tracked} nodes missed their heartbeats "
+                      f"at once; holding off marking them down for up to "
+                      f"{self.cfg.mass_failure_hold:g} s (is this manager overloaded or cut "
+                      f"off?)", flush=True)
+            self._holding = True
+            for node_id in held:
+                self._last_beat[node_id] = now - self.cfg.down_after + self.cfg.heartbeat_period
+            self.store.metrics.add("dispatcher_mass_failure_holds", len(held))
+        else:
+            self._holding = False
+        held_set = set(held)
+        return [n for n in dead if n not in held_set]
 
     # ---- task status -----------------------------------------------------------------------
 

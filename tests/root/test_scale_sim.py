@@ -69,8 +69,15 @@ def test_a_fleet_of_simulated_nodes_runs_every_replica_once(manager: Daemon) -> 
         wanted = {(f"stack_s{i}", k) for i in range(SERVICES) for k in range(1, REPLICAS + 1)}
         return set(seen) == wanted and max(seen.values()) == 1
 
+    assert manager.proc is not None
+    fd_dir = Path(f"/proc/{manager.proc.pid}/fd")
+
+    def open_files() -> int:
+        return len(list(fd_dir.iterdir()))
+
     async def scenario() -> None:
         fleet = Fleet(addr, token, start_delay=0.05)
+        before = open_files()
         try:
             await fleet.join(NODES)
             await fleet.connected(timeout=30)
@@ -104,8 +111,29 @@ def test_a_fleet_of_simulated_nodes_runs_every_replica_once(manager: Daemon) -> 
                         lambda: every_slot_once(alive) and not any(
                             failed in n.running() for n in alive), timeout=30)
             assert slots(alive)[slot] == 1
+
+            # Every node's network view (a whole state, then deltas) lists exactly the
+            # tasks that run, and every other node with its readiness.
+            def views_agree() -> bool:
+                running = {t for n in alive for t in n.running()
+                           if n.tasks[t].desired_state <= opb.TASK_STATE_RUNNING}
+                dead_ids = {n.node_id for n in dead}
+                for n in alive:
+                    view = n.network
+                    listed = {t for sid in view.endpoints for t in view.task_ids(sid)}
+                    peers = view.peers
+                    if (listed != running or len(peers) != NODES
+                            or any(p.ready == (p.node_id in dead_ids) for p in peers.values())):
+                        return False
+                return True
+
+            await until("every node's network view to match the cluster", views_agree)
             assert fleet.stats.refused == 0 and not fleet.stats.errors, fleet.stats
         finally:
             await fleet.close()
+        # Every connection the nodes made (joins, sessions, reconnections) is closed on the
+        # manager's side too: a relay holding half-closed pairs ran out of files at scale.
+        await until("the manager to close the nodes' connections",
+                    lambda: open_files() <= before + 2, timeout=20)
 
     asyncio.run(scenario())

@@ -134,3 +134,46 @@ def test_a_stall_of_the_manager_does_not_mark_its_nodes_down() -> None:
         await d.stop()
 
     run(body())
+
+
+def test_most_nodes_failing_at_once_are_held_then_marked_down() -> None:
+    from dataclasses import replace
+
+    async def body() -> None:
+        store = await Store.open(MemoryBackend())
+        cfg = replace(FAST, mass_failure_min=3, mass_failure_hold=0.6)
+        d = Dispatcher(store, cfg, set())
+        await d.start()
+        streams, beats = [], []
+        for n in range(10):
+            stream = d.session(cpb.SessionRequest(node_id=f"n{n}"))
+            first = await anext(stream)
+            streams.append(stream)
+            beats.append(cpb.HeartbeatRequest(node_id=f"n{n}", session_id=first.session_id))
+
+        def state(n: int) -> int:
+            return store.view().get("node", f"n{n}").status.state
+
+        async def run_for(seconds: float, beating: range) -> None:
+            for _ in range(round(seconds / cfg.heartbeat_period)):
+                for n in beating:
+                    d.heartbeat(beats[n])
+                await asyncio.sleep(cfg.heartbeat_period)
+
+        # Two of ten stop: a real failure, marked down as usual.
+        await run_for(cfg.down_after + 0.15, range(2, 10))
+        assert [state(n) for n in range(2)] == [opb.NODE_STATE_DOWN] * 2
+        # Six more stop at once (8 of 10): the manager suspects itself and waits...
+        await run_for(cfg.down_after + 0.15, range(8, 10))
+        assert all(state(n) == opb.NODE_STATE_READY for n in range(2, 10))
+        assert store.metrics.snapshot()["dispatcher_mass_failure_holds"] > 0
+        # ...three of them are heard again and stay; the rest are down once the hold ends.
+        await run_for(0.2, range(5, 10))
+        await run_for(cfg.mass_failure_hold + cfg.down_after, range(5, 10))
+        assert [state(n) for n in range(2, 5)] == [opb.NODE_STATE_DOWN] * 3
+        assert all(state(n) == opb.NODE_STATE_READY for n in range(5, 10))
+        for stream in streams:
+            await stream.aclose()
+        await d.stop()
+
+    run(body())
