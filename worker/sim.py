@@ -28,6 +28,7 @@ from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from pyswarm.proto import objects_pb2 as opb
 from pyswarm.worker import membership
+from pyswarm.worker.agent.keepalive import Helpers, retrying
 
 S = taskstate.S
 REPORT_BATCH = 0.02  # as the real agent: changes within this window go in one request
@@ -127,16 +128,13 @@ class SimNode:
     async def _session(self, stub: Any) -> None:
         call = stub.Session(cpb.SessionRequest(node_id=self.node_id,
                                                description=self.description, addr=self.addr))
-        helpers: list[asyncio.Task[None]] = []
+        helpers = Helpers(call)
         try:
             async for message in call:
                 if message.session_id != self._session_id:
                     self._session_id = message.session_id
                     self.stats.sessions += 1
-                    for h in helpers:
-                        h.cancel()
-                    helpers = [asyncio.create_task(self._heartbeats(stub)),
-                               asyncio.create_task(self._reporter(stub))]
+                    helpers.start(self._heartbeats(stub), self._reporter(stub))
                     self._outbox_ready.set()
                     self.connected.set()
                 self.period = message.heartbeat_period_ms / 1000 or self.period
@@ -149,18 +147,19 @@ class SimNode:
                         self.stats.errors.append(f"{self.name}: {exc}")
                         raise
                     self.network_messages += 1
+        except asyncio.CancelledError:
+            helpers.failed()
+            raise
         finally:
-            for h in helpers:
-                h.cancel()
+            helpers.stop()
             self._session_id = ""
 
     async def _heartbeats(self, stub: Any) -> None:
         last = time.monotonic()
         while True:
             await asyncio.sleep(self.period)
-            await stub.Heartbeat(cpb.HeartbeatRequest(node_id=self.node_id,
-                                                      session_id=self._session_id),
-                                 timeout=self.period * 2)
+            request = cpb.HeartbeatRequest(node_id=self.node_id, session_id=self._session_id)
+            await retrying(lambda r=request: stub.Heartbeat(r, timeout=self.period * 2))
             now = time.monotonic()
             self.stats.heartbeats += 1
             self.stats.worst_heartbeat_gap = max(self.stats.worst_heartbeat_gap, now - last)
@@ -174,11 +173,11 @@ class SimNode:
             batch, self._outbox = self._outbox, {}
             if not batch:
                 continue
+            request = cpb.UpdateTaskStatusRequest(
+                node_id=self.node_id, session_id=self._session_id,
+                updates=[cpb.TaskStatusUpdate(task_id=k, status=v) for k, v in batch.items()])
             try:
-                answer = await stub.UpdateTaskStatus(cpb.UpdateTaskStatusRequest(
-                    node_id=self.node_id, session_id=self._session_id,
-                    updates=[cpb.TaskStatusUpdate(task_id=k, status=v)
-                             for k, v in batch.items()]))
+                answer = await retrying(lambda r=request: stub.UpdateTaskStatus(r))
             except grpc.aio.AioRpcError:
                 for k, v in batch.items():
                     self._outbox.setdefault(k, v)

@@ -10,6 +10,8 @@ Policy:
 - On (re)start the agent re-adopts the containers its tasks run in (found by their
   com.docker.swarm.task.id label). A COMPLETE assignment set is the truth: containers of
   tasks absent from it are stopped and removed.
+- A heartbeat or report that times out is sent again; one that fails for good ends the
+  session, which reconnects at once (keepalive.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from pyswarm.proto import objects_pb2 as opb
 from pyswarm.worker.agent.controller import Report, TaskController
+from pyswarm.worker.agent.keepalive import Helpers, retrying
 from pyswarm.worker.agent.spec import TASK_LABEL
 from pyswarm.worker.engine.core import Engine
 from pyswarm.worker.engine.records import ContainerRecord
@@ -103,16 +106,13 @@ class Agent:
     async def _session(self, stub: Any) -> None:
         call = stub.Session(cpb.SessionRequest(node_id=self.node_id,
                                                description=self.description, addr=self.addr))
-        helpers: list[asyncio.Task[None]] = []
+        helpers = Helpers(call)
         try:
             async for message in call:
                 if not self._session_id or message.session_id != self._session_id:
                     self._session_id = message.session_id
                     self._stub = stub
-                    for h in helpers:
-                        h.cancel()
-                    helpers = [asyncio.create_task(self._heartbeats(stub)),
-                               asyncio.create_task(self._reporter(stub))]
+                    helpers.start(self._heartbeats(stub), self._reporter(stub))
                     self._outbox_ready.set()  # resend what changed while disconnected
                 self._period = message.heartbeat_period_ms / 1000 or 1.0
                 if message.HasField("assignments"):  # absent: a network-only message
@@ -128,16 +128,19 @@ class Agent:
                     self.network_state = state
                     if self.on_network_state is not None:
                         self.on_network_state(state)
+        except asyncio.CancelledError:
+            helpers.failed()  # a heartbeat or report failed for good: reconnect
+            raise
         finally:
-            for h in helpers:
-                h.cancel()
+            helpers.stop()
             self._session_id = ""
 
     async def _heartbeats(self, stub: Any) -> None:
         while True:
             await asyncio.sleep(self._period)
-            response = await stub.Heartbeat(cpb.HeartbeatRequest(
-                node_id=self.node_id, session_id=self._session_id), timeout=self._period * 2)
+            request = cpb.HeartbeatRequest(node_id=self.node_id, session_id=self._session_id)
+            response = await retrying(
+                lambda r=request: stub.Heartbeat(r, timeout=self._period * 2))
             self._period = response.period_ms / 1000 or self._period
 
     # ---- assignments ---------------------------------------------------------------------
@@ -223,12 +226,13 @@ class Agent:
             batch, self._outbox = self._outbox, {}
             if not batch:
                 continue
+            request = cpb.UpdateTaskStatusRequest(
+                node_id=self.node_id, session_id=self._session_id,
+                updates=[cpb.TaskStatusUpdate(task_id=k, status=v) for k, v in batch.items()])
             try:
-                await stub.UpdateTaskStatus(cpb.UpdateTaskStatusRequest(
-                    node_id=self.node_id, session_id=self._session_id,
-                    updates=[cpb.TaskStatusUpdate(task_id=k, status=v) for k, v in batch.items()]))
+                await retrying(lambda r=request: stub.UpdateTaskStatus(r))
             except grpc.aio.AioRpcError:
-                # Keep them (newer reports win) and let the session reconnect.
+                # Keep them (newer reports win) for the next session; this ends this one.
                 for k, v in batch.items():
                     self._outbox.setdefault(k, v)
                 raise
