@@ -8,6 +8,9 @@ from dataclasses import dataclass
 # up with the commits already made, so a burst of commits costs one pass; under a steady
 # stream they act at least this often (seconds).
 LOOP_MAX_DEFER = 0.1
+# After a pass a loop rests as long as the pass took, up to this (seconds): see
+# manager/loops/pacing.py.
+LOOP_MAX_REST = 1.0
 
 
 @dataclass(frozen=True)

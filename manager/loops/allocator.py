@@ -20,14 +20,13 @@ Policy:
 from __future__ import annotations
 
 import logging
-import time
 
 from pyswarm.common import taskstate
 from pyswarm.manager.allocator import AllocationError, Allocator
 from pyswarm.manager.allocator import networks as nets
-from pyswarm.manager.config import LOOP_MAX_DEFER as MAX_DEFER
+from pyswarm.manager.loops.pacing import run_passes
 from pyswarm.manager.loops.tasks import copy, set_status
-from pyswarm.manager.store import Commit, Event, ReadTx, Store, WriteTx
+from pyswarm.manager.store import Event, ReadTx, Store, WriteTx
 from pyswarm.proto import objects_pb2 as opb
 
 S = taskstate.S
@@ -65,16 +64,7 @@ class AllocatorLoop:
             await self.store.update(nets.ensure_ingress, retries=5)
             self._reset(self.store.view())
             await self._tick()
-            last = time.monotonic()
-            async for item in watch:
-                if isinstance(item, Event):
-                    self._mark(item)
-                elif isinstance(item, Commit) and (
-                        not watch.pending() or time.monotonic() - last >= MAX_DEFER):
-                    # Once caught up with the commits already made (a burst costs one
-                    # tick), or MAX_DEFER late under a steady stream.
-                    await self._tick()
-                    last = time.monotonic()
+            await run_passes(watch, self._mark, self._tick)
         finally:
             watch.close()
 
@@ -95,7 +85,8 @@ class AllocatorLoop:
             if _waiting(task):  # type: ignore[arg-type]
                 self._tasks.add(task.id)
 
-    def _mark(self, event: Event) -> None:
+    def _mark(self, event: Event) -> bool:
+        """Follow the event; always True (a pass decides whether there is work)."""
         obj = event.obj
         gone = event.action == "delete"
         if event.kind == "network":
@@ -123,6 +114,7 @@ class AllocatorLoop:
                 self._members.pop(obj.id, None)
             else:
                 self._nodes.add(obj.id)
+        return True
 
     def _track(self, task: opb.Task) -> None:
         """Keep the node ↔ network membership of a placed task current."""

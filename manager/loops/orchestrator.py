@@ -1,8 +1,9 @@
 """The orchestrator loop: keeps every service at its desired tasks.
 
 Edge-triggered intake, level-triggered work (SwarmKit's replicated orchestrator): store
-events only mark services dirty; at each commit every dirty service is reconciled from the
-store by the pure `reconcile()` and its actions are applied in one transaction.
+events only mark services dirty (a task event only when it can change a decision:
+`_may_change_reconcile`); at each pass (pacing.py) every dirty service is reconciled from
+the store by the pure `reconcile()` and its actions are applied in one transaction.
 
 Policy beyond `reconcile()`:
 - A replacement that must wait (restart delay) is not created early: a timer marks the
@@ -18,11 +19,11 @@ import time
 from collections.abc import Callable
 
 from pyswarm.common import taskstate
-from pyswarm.manager.config import LOOP_MAX_DEFER as MAX_DEFER
+from pyswarm.manager.loops.pacing import run_passes
 from pyswarm.manager.loops.tasks import copy, new_task, set_status
 from pyswarm.manager.orchestrator.actions import CreateTask, RemoveTask, ShutdownTask
 from pyswarm.manager.orchestrator.reconcile import reconcile
-from pyswarm.manager.store import Commit, Event, Store, WriteTx
+from pyswarm.manager.store import Event, Store, WriteTx
 from pyswarm.proto import objects_pb2 as opb
 
 S = taskstate.S
@@ -41,30 +42,25 @@ class Orchestrator:
             self._dirty.update(s.id for s in self.store.view().all("service"))
             self._dirty.update(t.service_id for t in self.store.view().all("task"))
             await self._tick()
-            last = time.monotonic()
-            async for item in watch:
-                if isinstance(item, Event):
-                    self._mark(item)
-                elif isinstance(item, Commit) and (
-                        not watch.pending() or time.monotonic() - last >= MAX_DEFER):
-                    # Once caught up with the commits already made (a burst costs one
-                    # tick), or MAX_DEFER late under a steady stream.
-                    await self._tick()
-                    last = time.monotonic()
+            await run_passes(watch, self._mark, self._tick)
         finally:
             watch.close()
             for timer in self._timers.values():
                 timer.cancel()
 
-    def _mark(self, event: Event) -> None:
+    def _mark(self, event: Event) -> bool:
+        """Mark the services the event may change the decisions of; True if any."""
         if event.kind == "service":
             self._dirty.add(event.obj.id)
         elif event.kind == "task":
+            if not _may_change_reconcile(event):
+                return False
             self._dirty.add(event.obj.service_id)
         elif event.kind == "node":
             # A node's state or availability changes what fits where: every service.
             view = self.store.view()
             self._dirty.update(s.id for s in view.all("service"))
+        return True
 
     def mark_dirty(self, service_id: str) -> None:
         self._dirty.add(service_id)
@@ -113,6 +109,25 @@ class Orchestrator:
             loop.create_task(self._tick())
 
         self._timers[service_id] = loop.call_later(max(delay, 0.0), wake)
+
+
+def _may_change_reconcile(event: Event) -> bool:
+    """Whether a task event can change what `reconcile()` decides for its service.
+
+    reconcile() reads a task's slot, node, spec, desired state, and of its status only
+    whether it is RUNNING or has ended (and when). A task moving on between ASSIGNED and
+    STARTING, most of the writes of a deploy, changes none of that: reconciling a
+    10,000-task service at each of them is what made a large deploy fall behind."""
+    new, old = event.obj, event.old
+    if event.action != "update" or old is None:
+        return True
+    if (new.desired_state != old.desired_state or new.node_id != old.node_id
+            or new.slot != old.slot or new.spec_version != old.spec_version):
+        return True
+    state, before = new.status.state, old.status.state
+    if state == before:
+        return False
+    return S.TASK_STATE_RUNNING in (state, before) or taskstate.is_terminal(state)
 
 
 def _shut_down(tx: WriteTx, task: opb.Task, reason: str) -> None:

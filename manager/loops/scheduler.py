@@ -7,8 +7,7 @@ others the reason stays visible in the task's status message ("no suitable node 
 written only when it changes so that waiting tasks cost no writes.
 
 At scale: the pending tasks are followed from the watch (no scan of every task per commit),
-and a pass runs once the watch has caught up with the commits already made (at most
-MAX_DEFER late), so a burst of commits costs one pass, not one each.
+and passes are paced (pacing.py): a burst of commits costs one pass, not one each.
 """
 
 from __future__ import annotations
@@ -17,11 +16,11 @@ import time
 from collections.abc import Callable
 
 from pyswarm.common import taskstate
-from pyswarm.manager.config import LOOP_MAX_DEFER as MAX_DEFER
+from pyswarm.manager.loops.pacing import run_passes
 from pyswarm.manager.loops.tasks import copy, set_status
 from pyswarm.manager.scheduler.nodeinfo import build_node_infos
 from pyswarm.manager.scheduler.pipeline import schedule
-from pyswarm.manager.store import Commit, Event, Store, WriteTx
+from pyswarm.manager.store import Event, Store, WriteTx
 from pyswarm.proto import objects_pb2 as opb
 
 S = taskstate.S
@@ -40,27 +39,19 @@ class Scheduler:
         try:
             self._pending = {t.id for t in self.store.view().all("task") if _pending(t)}
             await self._tick()
-            wanted = False
-            last = time.monotonic()
-            async for item in watch:
-                if isinstance(item, Event):
-                    if item.kind == "task":
-                        self._follow(item)
-                    wanted = wanted or _matters(item)
-                elif isinstance(item, Commit) and wanted and (
-                        not watch.pending() or time.monotonic() - last >= MAX_DEFER):
-                    wanted = False
-                    await self._tick()
-                    last = time.monotonic()
+            await run_passes(watch, self._follow, self._tick)
         finally:
             watch.close()
 
-    def _follow(self, event: Event) -> None:
-        task = event.obj
-        if event.action != "delete" and _pending(task):
-            self._pending.add(task.id)
-        else:
-            self._pending.discard(task.id)
+    def _follow(self, event: Event) -> bool:
+        """Keep the pending set current; True if the event calls for a pass."""
+        if event.kind == "task":
+            task = event.obj
+            if event.action != "delete" and _pending(task):
+                self._pending.add(task.id)
+            else:
+                self._pending.discard(task.id)
+        return _matters(event)
 
     async def _tick(self) -> None:
         if not self._pending:

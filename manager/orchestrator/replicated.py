@@ -26,9 +26,9 @@ from pyswarm.manager.orchestrator.slots import (
 from pyswarm.manager.orchestrator.tasks import SpecCheck, has_ended, is_runnable
 from pyswarm.manager.orchestrator.update import plan_update
 from pyswarm.proto.objects_pb2 import (
+    NODE_AVAILABILITY_DRAIN,
     NODE_STATE_DOWN,
     Node,
-    NodeAvailability,
     Service,
     Task,
 )
@@ -43,7 +43,7 @@ def node_problem(nodes: Mapping[str, Node]) -> NodeProblem:
         node = nodes.get(task.node_id)
         if node is None or node.status.state == NODE_STATE_DOWN:
             return "node down"
-        if node.spec.availability == NodeAvailability.NODE_AVAILABILITY_DRAIN:
+        if node.spec.availability == NODE_AVAILABILITY_DRAIN:
             return "node drained"
         return None
 
