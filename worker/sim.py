@@ -28,7 +28,7 @@ from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from pyswarm.proto import objects_pb2 as opb
 from pyswarm.worker import membership
-from pyswarm.worker.agent.keepalive import Helpers, retrying
+from pyswarm.worker.agent.keepalive import GIVE_UP_PERIODS, Helpers, retrying
 
 S = taskstate.S
 REPORT_BATCH = 0.02  # as the real agent: changes within this window go in one request
@@ -176,7 +176,8 @@ class SimNode:
         while True:
             await asyncio.sleep(self.period)
             request = cpb.HeartbeatRequest(node_id=self.node_id, session_id=self._session_id)
-            await retrying(lambda r=request: stub.Heartbeat(r, timeout=self.period * 2))
+            await retrying(lambda r=request: stub.Heartbeat(r, timeout=self.period * 2),
+                           give_up_after=self.period * GIVE_UP_PERIODS)
             now = time.monotonic()
             self.stats.heartbeats += 1
             self.stats.worst_heartbeat_gap = max(self.stats.worst_heartbeat_gap, now - last)

@@ -127,7 +127,8 @@ def _may_change_reconcile(event: Event) -> bool:
     state, before = new.status.state, old.status.state
     if state == before:
         return False
-    return S.TASK_STATE_RUNNING in (state, before) or taskstate.is_terminal(state)
+    return (S.TASK_STATE_RUNNING in (state, before) or taskstate.is_terminal(state)
+            or taskstate.is_terminal(before))
 
 
 def _shut_down(tx: WriteTx, task: opb.Task, reason: str) -> None:

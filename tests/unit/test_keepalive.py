@@ -133,3 +133,18 @@ def test_a_report_the_manager_was_too_busy_for_is_sent_again(make: Any) -> None:
         assert dispatcher.sessions == 1
 
     asyncio.run(run_against(dispatcher, make, check))
+
+
+@pytest.mark.parametrize("make", [agent, sim], ids=["agent", "sim"])
+def test_a_manager_that_stopped_answering_is_given_up_and_the_node_reconnects(
+        make: Any) -> None:
+    dispatcher = Dispatcher()
+
+    async def check(node: Any) -> None:
+        await until(lambda: dispatcher.beats)
+        dispatcher.stall_beats = 10**6  # every heartbeat outlives its deadline from now on
+        # After GIVE_UP_PERIODS periods (1 s here) the node ends the session and opens
+        # another one, as it must when its manager vanished without closing the connection.
+        await until(lambda: dispatcher.sessions >= 2, timeout=10)
+
+    asyncio.run(run_against(dispatcher, make, check))

@@ -31,7 +31,7 @@ from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from pyswarm.proto import objects_pb2 as opb
 from pyswarm.worker.agent.controller import Report, TaskController
-from pyswarm.worker.agent.keepalive import Helpers, retrying
+from pyswarm.worker.agent.keepalive import GIVE_UP_PERIODS, Helpers, retrying
 from pyswarm.worker.agent.spec import TASK_LABEL
 from pyswarm.worker.engine.core import Engine
 from pyswarm.worker.engine.records import ContainerRecord
@@ -140,7 +140,8 @@ class Agent:
             await asyncio.sleep(self._period)
             request = cpb.HeartbeatRequest(node_id=self.node_id, session_id=self._session_id)
             response = await retrying(
-                lambda r=request: stub.Heartbeat(r, timeout=self._period * 2))
+                lambda r=request: stub.Heartbeat(r, timeout=self._period * 2),
+                give_up_after=self._period * GIVE_UP_PERIODS)
             self._period = response.period_ms / 1000 or self._period
 
     # ---- assignments ---------------------------------------------------------------------

@@ -8,6 +8,9 @@ Policy:
   of resources, is sent again after a short pause (`retrying`): a busy manager is not a
   dead one. A heartbeat given up on would leave the session open with nobody beating in
   it, and the manager would mark a healthy node DOWN and move its tasks away.
+- Heartbeats give up after GIVE_UP_PERIODS periods without an answer: a manager that
+  vanished without closing the connection (a partition, a machine gone) must not hold the
+  node's session forever; ten periods ride out a stalled manager but not a lost one.
 - Any other error ends the session (NOT_FOUND: the manager no longer knows it), and the
   node opens a new one at once. `Helpers` does that: the first helper to fail cancels the
   session's stream, and the stream's reader raises the helper's error instead of the
@@ -17,6 +20,7 @@ Policy:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -28,16 +32,19 @@ T = TypeVar("T")
 RETRY = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
                    grpc.StatusCode.RESOURCE_EXHAUSTED})
 RETRY_MIN, RETRY_MAX = 0.05, 1.0  # seconds between attempts (doubling)
+GIVE_UP_PERIODS = 10  # heartbeat periods without an answer before the session is given up
 
 
-async def retrying(send: Callable[[], Awaitable[T]]) -> T:
-    """send()'s answer, sending again while it fails with a code in RETRY."""
+async def retrying(send: Callable[[], Awaitable[T]], give_up_after: float | None = None) -> T:
+    """send()'s answer, sending again while it fails with a code in RETRY (and, with
+    give_up_after, until that many seconds have passed: then its last error)."""
     pause = RETRY_MIN
+    deadline = None if give_up_after is None else time.monotonic() + give_up_after
     while True:
         try:
             return await send()
         except grpc.aio.AioRpcError as exc:
-            if exc.code() not in RETRY:
+            if exc.code() not in RETRY or (deadline is not None and time.monotonic() > deadline):
                 raise
         await asyncio.sleep(pause)
         pause = min(pause * 2, RETRY_MAX)
