@@ -177,7 +177,7 @@ async def poll(check: Callable[[], Any], timeout: float, every: float = 0.02) ->
         if check():
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
-            raise TimeoutError
+            raise TimeoutError(f"not within {timeout:g} s")
         await asyncio.sleep(every)
 
 
@@ -381,8 +381,8 @@ def main() -> int:
             try:
                 result = asyncio.run(run_one(store, nodes, tasks, args, index))
             except Exception as exc:  # noqa: BLE001 - one size failing is a result too
-                log(f"{store}_{nodes}: {exc}")
-                result = {f"{store}_{nodes}_error": str(exc)}
+                log(f"{store}_{nodes}: {exc!r}")
+                result = {f"{store}_{nodes}_error": repr(exc)}
             for key, value in result.items():
                 log(f"  {key} = {value}")
             figures.update(result)

@@ -69,7 +69,9 @@ class Orchestrator:
         if not self._dirty:
             return
         ids, self._dirty = self._dirty, set()
-        await self.store.update(lambda tx: self._reconcile(tx, ids), retries=5)
+        # Split past the backend's per-commit limit (etcd): a retry re-reconciles from the
+        # store, so parts already committed are not done twice (Store.update).
+        await self.store.batch(lambda tx: self._reconcile(tx, ids), retries=5)
 
     def _reconcile(self, tx: WriteTx, ids: set[str]) -> None:
         now = self.clock()

@@ -57,7 +57,8 @@ class Scheduler:
         if not self._pending:
             return
         started = time.perf_counter()
-        placed = await self.store.update(self._schedule, retries=5)
+        # Split past the backend's per-commit limit (etcd); a retry re-reads the store.
+        placed = await self.store.batch(self._schedule, retries=5)
         metrics = self.store.metrics
         metrics.add("scheduler_passes")
         metrics.add("scheduler_placed", placed)

@@ -395,3 +395,22 @@ def test_a_service_created_outside_a_deploy_with_a_taken_port_waits_and_says_why
         await c.stop()
 
     run(body)
+
+
+def test_a_deploy_larger_than_one_backend_commit_is_placed_whole() -> None:
+    # etcd caps the operations of one transaction (--max-txn-ops, 128 by default): the
+    # orchestrator's and the scheduler's passes must split their writes, or a service of a
+    # few hundred replicas is never created or never placed (the loop failed at each pass).
+    async def body() -> None:
+        backend = MemoryBackend()
+        backend.max_ops = 50
+        store = await Store.open(backend)
+        await store.batch(lambda tx: [tx.create(_node(i)) for i in range(1, 4)])
+        c = await Cluster.start(store=store)
+        await c.deploy([service_spec("web", replicas=200)])  # a /24 network holds 253
+        tasks = await c.placed("s_web", 200)
+        assert sorted(t.slot for t in tasks) == list(range(1, 201))
+        assert {t.node_id for t in tasks} == {"n1", "n2", "n3"}
+        await c.stop()
+
+    run(body)
