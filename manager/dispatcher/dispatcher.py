@@ -260,7 +260,8 @@ class Dispatcher:
                 session = self._sessions.pop(node_id, None)
                 if session is not None:
                     session.queue.put_nowait(None)
-            await self.store.update(lambda tx, dead=dead: _mark_down(tx, dead), retries=5)
+            # (batch: more nodes than one etcd transaction holds may go down at once)
+            await self.store.batch(lambda tx, dead=dead: _mark_down(tx, dead), retries=5)
 
     def _hold_mass_failure(self, dead: list[str], now: float) -> list[str]:
         """The nodes to mark DOWN now: all of `dead`, unless too many nodes fail at once
