@@ -388,7 +388,8 @@ def main() -> int:
             figures.update(result)
     if args.json:
         print(json.dumps(figures))
-    return 0
+    # A size that failed is a failed benchmark (bench/run_all.py keeps the figures).
+    return 1 if any(key.endswith("_error") for key in figures) else 0
 
 
 if __name__ == "__main__":
