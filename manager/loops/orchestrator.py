@@ -3,7 +3,8 @@
 Edge-triggered intake, level-triggered work (SwarmKit's replicated orchestrator): store
 events only mark services dirty (a task event only when it can change a decision:
 `_may_change_reconcile`); at each pass (pacing.py) every dirty service is reconciled from
-the store by the pure `reconcile()` and its actions are applied in one transaction.
+the store by the pure `reconcile()` and its actions are applied in one transaction (split
+only past the backend's per-commit limit: Store.batch).
 
 Policy beyond `reconcile()`:
 - A replacement that must wait (restart delay) is not created early: a timer marks the
