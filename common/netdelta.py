@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pyswarm.common.protowire import wrap
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
 
@@ -77,7 +78,7 @@ class _Endpoint:
                 tasks = [t for _, t in sorted(zip(keys, tasks, strict=True),
                                               key=lambda kt: kt[0])]
             out.tasks.extend(tasks)
-            self.data = _wrap(NS.ENDPOINTS_FIELD_NUMBER, out.SerializeToString())
+            self.data = wrap(NS.ENDPOINTS_FIELD_NUMBER, out.SerializeToString())
         return self.data
 
 
@@ -183,17 +184,3 @@ class NetworkView:
             self._state = NS.FromString(b"".join(parts))
         return self._state
 
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        if n:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def _wrap(number: int, data: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(data)) + data

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pyswarm.common.protowire import varint
 from pyswarm.manager.dispatcher.netstate import (
     Changes,
     Delivered,
@@ -41,7 +42,6 @@ from pyswarm.manager.dispatcher.netstate import (
     NetworkModel,
     takes_connections,
     task_name,
-    varint,
 )
 from pyswarm.manager.store import Commit, Event, Store, Watch
 from pyswarm.proto import cluster_pb2 as cpb

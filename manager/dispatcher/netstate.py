@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pyswarm.common import taskstate
+from pyswarm.common.protowire import varint, wrap
 from pyswarm.manager.allocator import networks as nets
 from pyswarm.manager.store import Event, ReadTx
 from pyswarm.proto import cluster_pb2 as cpb
@@ -83,24 +84,7 @@ def _endpoint_task(task: opb.Task) -> cpb.EndpointTask:
 
 
 # ---- the wire ----------------------------------------------------------------------------
-# A protobuf message is the concatenation of its fields, in any order, and a repeated field
-# is its entries wherever they appear: states are assembled from serialized parts.
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        if n:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def wrap(number: int, data: bytes) -> bytes:
-    """A length-delimited field (a message or a string) with its tag."""
-    return varint(number << 3 | 2) + varint(len(data)) + data
-
+# States are assembled from serialized parts (common/protowire.py).
 
 def _uint(number: int, value: int) -> bytes:
     return varint(number << 3) + varint(value) if value else b""
