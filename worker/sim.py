@@ -28,10 +28,9 @@ from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from pyswarm.proto import objects_pb2 as opb
 from pyswarm.worker import membership
-from pyswarm.worker.agent.keepalive import GIVE_UP_PERIODS, Helpers, retrying
+from pyswarm.worker.agent.keepalive import Helpers, Outbox, send_heartbeats, send_reports
 
 S = taskstate.S
-REPORT_BATCH = 0.02  # as the real agent: changes within this window go in one request
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 
 
@@ -86,8 +85,8 @@ class SimNode:
         self.network: NetworkView | VersionChain = (
             NetworkView(self.node_id) if track_network else VersionChain())
         self.network_messages = 0
-        self._outbox: dict[str, opb.TaskStatus] = {}
-        self._outbox_ready = asyncio.Event()
+        self._outbox = Outbox()
+        self._last_beat = 0.0
         self._starting: dict[str, asyncio.TimerHandle] = {}
         self._run: asyncio.Task[None] | None = None
         self._session_id = ""
@@ -151,8 +150,13 @@ class SimNode:
                 if message.session_id != self._session_id:
                     self._session_id = message.session_id
                     self.stats.sessions += 1
-                    helpers.start(self._heartbeats(stub), self._reporter(stub))
-                    self._outbox_ready.set()
+                    self._last_beat = time.monotonic()
+                    helpers.start(
+                        send_heartbeats(stub, self.node_id, self._session_id,
+                                        lambda: self.period, self._heartbeat_answered),
+                        send_reports(stub, self.node_id, self._session_id, self._outbox,
+                                     answered=self._report_answered))
+                    self._outbox.ready.set()
                     self.connected.set()
                 self.period = message.heartbeat_period_ms / 1000 or self.period
                 if message.HasField("assignments"):
@@ -171,37 +175,16 @@ class SimNode:
             helpers.stop()
             self._session_id = ""
 
-    async def _heartbeats(self, stub: Any) -> None:
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(self.period)
-            request = cpb.HeartbeatRequest(node_id=self.node_id, session_id=self._session_id)
-            await retrying(lambda r=request: stub.Heartbeat(r, timeout=self.period * 2),
-                           give_up_after=self.period * GIVE_UP_PERIODS)
-            now = time.monotonic()
-            self.stats.heartbeats += 1
-            self.stats.worst_heartbeat_gap = max(self.stats.worst_heartbeat_gap, now - last)
-            last = now
+    def _heartbeat_answered(self, answer: cpb.HeartbeatResponse) -> None:
+        now = time.monotonic()
+        self.stats.heartbeats += 1
+        self.stats.worst_heartbeat_gap = max(self.stats.worst_heartbeat_gap,
+                                             now - self._last_beat)
+        self._last_beat = now
 
-    async def _reporter(self, stub: Any) -> None:
-        while True:
-            await self._outbox_ready.wait()
-            await asyncio.sleep(REPORT_BATCH)
-            self._outbox_ready.clear()
-            batch, self._outbox = self._outbox, {}
-            if not batch:
-                continue
-            request = cpb.UpdateTaskStatusRequest(
-                node_id=self.node_id, session_id=self._session_id,
-                updates=[cpb.TaskStatusUpdate(task_id=k, status=v) for k, v in batch.items()])
-            try:
-                answer = await retrying(lambda r=request: stub.UpdateTaskStatus(r))
-            except grpc.aio.AioRpcError:
-                for k, v in batch.items():
-                    self._outbox.setdefault(k, v)
-                raise
-            self.stats.reports += 1
-            self.stats.refused += len(answer.refused)
+    def _report_answered(self, answer: cpb.UpdateTaskStatusResponse) -> None:
+        self.stats.reports += 1
+        self.stats.refused += len(answer.refused)
 
     # ---- tasks -------------------------------------------------------------------------------
 
@@ -242,7 +225,7 @@ class SimNode:
         self._cancel_start(task_id)
         self.tasks.pop(task_id, None)
         self.states.pop(task_id, None)
-        self._outbox.pop(task_id, None)
+        self._outbox.drop(task_id)
 
     def _set(self, task_id: str, state: int, message: str, err: str = "") -> None:
         current = self.states.get(task_id)
@@ -255,8 +238,7 @@ class SimNode:
         self.states[task_id] = state
         status = opb.TaskStatus(state=state, message=message, err=err,  # type: ignore[arg-type]
                                 timestamp=_now())
-        self._outbox[task_id] = status
-        self._outbox_ready.set()
+        self._outbox.put(task_id, status)
 
 
 def _now() -> str:

@@ -126,8 +126,7 @@ def test_a_report_the_manager_was_too_busy_for_is_sent_again(make: Any) -> None:
 
     async def check(node: Any) -> None:
         await until(lambda: dispatcher.sessions == 1 and node._session_id == "s1")
-        node._outbox["t1"] = opb.TaskStatus(state=opb.TASK_STATE_RUNNING, message="started")
-        node._outbox_ready.set()
+        node._outbox.put("t1", opb.TaskStatus(state=opb.TASK_STATE_RUNNING, message="started"))
         await until(lambda: dispatcher.reports)
         assert [u.task_id for u in dispatcher.reports[0].updates] == ["t1"]
         assert dispatcher.sessions == 1

@@ -31,13 +31,12 @@ from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from pyswarm.proto import objects_pb2 as opb
 from pyswarm.worker.agent.controller import Report, TaskController
-from pyswarm.worker.agent.keepalive import GIVE_UP_PERIODS, Helpers, retrying
+from pyswarm.worker.agent.keepalive import Helpers, Outbox, send_heartbeats, send_reports
 from pyswarm.worker.agent.spec import TASK_LABEL
 from pyswarm.worker.engine.core import Engine
 from pyswarm.worker.engine.records import ContainerRecord
 from pyswarm.worker.engine.service import ExitWatcher
 
-REPORT_BATCH = 0.02  # seconds: status changes within this window go in one request
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0  # seconds between reconnection attempts
 
 
@@ -67,8 +66,7 @@ class Agent:
         self.description = describe_node()
         self.controllers: dict[str, TaskController] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
-        self._outbox: dict[str, opb.TaskStatus] = {}
-        self._outbox_ready = asyncio.Event()
+        self._outbox = Outbox()
         self._session_id = ""
         self._stub: Any = None
         self.on_tasks_changed = on_tasks_changed
@@ -112,8 +110,12 @@ class Agent:
                 if not self._session_id or message.session_id != self._session_id:
                     self._session_id = message.session_id
                     self._stub = stub
-                    helpers.start(self._heartbeats(stub), self._reporter(stub))
-                    self._outbox_ready.set()  # resend what changed while disconnected
+                    helpers.start(
+                        send_heartbeats(stub, self.node_id, self._session_id,
+                                        lambda: self._period, self._heartbeat_answered),
+                        send_reports(stub, self.node_id, self._session_id, self._outbox,
+                                     self.before_report))
+                    self._outbox.ready.set()  # resend what changed while disconnected
                 self._period = message.heartbeat_period_ms / 1000 or 1.0
                 if message.HasField("assignments"):  # absent: a network-only message
                     self._apply(message.assignments)
@@ -135,14 +137,8 @@ class Agent:
             helpers.stop()
             self._session_id = ""
 
-    async def _heartbeats(self, stub: Any) -> None:
-        while True:
-            await asyncio.sleep(self._period)
-            request = cpb.HeartbeatRequest(node_id=self.node_id, session_id=self._session_id)
-            response = await retrying(
-                lambda r=request: stub.Heartbeat(r, timeout=self._period * 2),
-                give_up_after=self._period * GIVE_UP_PERIODS)
-            self._period = response.period_ms / 1000 or self._period
+    def _heartbeat_answered(self, answer: cpb.HeartbeatResponse) -> None:
+        self._period = answer.period_ms / 1000 or self._period
 
     # ---- assignments ---------------------------------------------------------------------
 
@@ -213,30 +209,8 @@ class Agent:
     # ---- status reports ------------------------------------------------------------------
 
     def _report(self, report: Report) -> None:
-        self._outbox[report.task_id] = report.status
-        self._outbox_ready.set()
+        self._outbox.put(report.task_id, report.status)
         self._changed()
-
-    async def _reporter(self, stub: Any) -> None:
-        while True:
-            await self._outbox_ready.wait()
-            await asyncio.sleep(REPORT_BATCH)
-            self._outbox_ready.clear()
-            if self.before_report is not None:
-                await self.before_report()
-            batch, self._outbox = self._outbox, {}
-            if not batch:
-                continue
-            request = cpb.UpdateTaskStatusRequest(
-                node_id=self.node_id, session_id=self._session_id,
-                updates=[cpb.TaskStatusUpdate(task_id=k, status=v) for k, v in batch.items()])
-            try:
-                await retrying(lambda r=request: stub.UpdateTaskStatus(r))
-            except grpc.aio.AioRpcError:
-                # Keep them (newer reports win) for the next session; this ends this one.
-                for k, v in batch.items():
-                    self._outbox.setdefault(k, v)
-                raise
 
     async def close(self) -> None:
         for run in self._runs.values():

@@ -1,5 +1,10 @@
 """What runs beside a worker's session stream: heartbeats and status reports.
 
+    outbox = Outbox()                      # the node puts each task's status change in it
+    helpers = Helpers(call)                # when a session starts:
+    helpers.start(send_heartbeats(stub, node_id, session_id, period, answered),
+                  send_reports(stub, node_id, session_id, outbox))
+
 Shared by the agent and the simulated nodes (worker/sim.py), so the benchmark measures the
 protocol the daemons speak.
 
@@ -20,11 +25,15 @@ Policy:
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import grpc
+
+from pyswarm.proto import cluster_pb2 as cpb
+from pyswarm.proto import objects_pb2 as opb
 
 T = TypeVar("T")
 
@@ -33,6 +42,7 @@ RETRY = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABL
                    grpc.StatusCode.RESOURCE_EXHAUSTED})
 RETRY_MIN, RETRY_MAX = 0.05, 1.0  # seconds between attempts (doubling)
 GIVE_UP_PERIODS = 10  # heartbeat periods without an answer before the session is given up
+REPORT_BATCH = 0.02  # seconds: status changes within this window go in one request
 
 
 async def retrying(send: Callable[[], Awaitable[T]], give_up_after: float | None = None) -> T:
@@ -87,3 +97,58 @@ class Helpers:
         current = asyncio.current_task()
         if self.failure is not None and (current is None or current.cancelling() == 0):
             raise self.failure
+
+
+async def send_heartbeats(stub: Any, node_id: str, session_id: str,
+                          period: Callable[[], float],
+                          answered: Callable[[cpb.HeartbeatResponse], None]) -> None:
+    """Heartbeat every period() seconds (the manager sets it) until cancelled or given up."""
+    request = cpb.HeartbeatRequest(node_id=node_id, session_id=session_id)
+    while True:
+        await asyncio.sleep(period())
+        answered(await retrying(lambda: stub.Heartbeat(request, timeout=period() * 2),
+                                give_up_after=period() * GIVE_UP_PERIODS))
+
+
+class Outbox:
+    """Task status changes not reported yet: the newest of each task."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[str, opb.TaskStatus] = {}
+        self.ready = asyncio.Event()
+
+    def put(self, task_id: str, status: opb.TaskStatus) -> None:
+        self.statuses[task_id] = status
+        self.ready.set()
+
+    def drop(self, task_id: str) -> None:
+        self.statuses.pop(task_id, None)
+
+
+async def send_reports(
+        stub: Any, node_id: str, session_id: str, outbox: Outbox,
+        before: Callable[[], Awaitable[None]] | None = None,
+        answered: Callable[[cpb.UpdateTaskStatusResponse], None] | None = None) -> None:
+    """Send what the outbox gathers, in batches, until cancelled; `before` runs before
+    each batch is taken. A batch that fails for good goes back to the outbox (newer
+    changes win) for the next session, and the error ends this one."""
+    while True:
+        await outbox.ready.wait()
+        await asyncio.sleep(REPORT_BATCH)
+        outbox.ready.clear()
+        if before is not None:
+            await before()
+        batch, outbox.statuses = outbox.statuses, {}
+        if not batch:
+            continue
+        request = cpb.UpdateTaskStatusRequest(
+            node_id=node_id, session_id=session_id,
+            updates=[cpb.TaskStatusUpdate(task_id=k, status=v) for k, v in batch.items()])
+        try:
+            answer = await retrying(functools.partial(stub.UpdateTaskStatus, request))
+        except grpc.aio.AioRpcError:
+            for k, v in batch.items():
+                outbox.statuses.setdefault(k, v)
+            raise
+        if answered is not None:
+            answered(answer)
