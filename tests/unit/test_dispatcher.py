@@ -26,6 +26,14 @@ def task(id: str, node: str, state: int = S.TASK_STATE_ASSIGNED) -> opb.Task:
     return t
 
 
+def shut_down(tx: Any, task_id: str) -> None:
+    """The manager wants the task stopped."""
+    t = opb.Task()
+    t.CopyFrom(tx.get("task", task_id))
+    t.desired_state = S.TASK_STATE_SHUTDOWN
+    tx.update(t)
+
+
 def run(body: Any) -> None:
     asyncio.run(asyncio.wait_for(body, 10))
 
@@ -58,13 +66,7 @@ def test_session_sends_the_complete_set_then_changes() -> None:
         node = store.view().get("node", "n1")
         assert node.status.state == opb.NODE_STATE_READY and node.role == opb.NODE_ROLE_MANAGER
 
-        def shut_down(tx: Any) -> None:
-            t = opb.Task()
-            t.CopyFrom(tx.get("task", "t1"))
-            t.desired_state = S.TASK_STATE_SHUTDOWN
-            tx.update(t)
-
-        await store.update(shut_down)
+        await store.update(lambda tx: shut_down(tx, "t1"))
         second = await next_assignments(stream)
         assert second.assignments.type == cpb.Assignments.INCREMENTAL
         assert [(t.id, t.desired_state) for t in second.assignments.update] == [

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from pyswarm.manager.dispatcher.dispatcher import Dispatcher
 from pyswarm.manager.store import MemoryBackend, Store
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
-from tests.unit.test_dispatcher import FAST, next_assignments, run, task
+from tests.unit.test_dispatcher import FAST, next_assignments, run, shut_down, task
 
 S = opb.TaskState
 
@@ -69,13 +68,7 @@ def test_a_commit_reaches_only_the_sessions_of_the_nodes_it_touched() -> None:
         await anext(one)
         await anext(two)
 
-        def stop_t1(tx: Any) -> None:
-            t = opb.Task()
-            t.CopyFrom(tx.get("task", "t1-0"))
-            t.desired_state = S.TASK_STATE_SHUTDOWN
-            tx.update(t)
-
-        await store.update(stop_t1)
+        await store.update(lambda tx: shut_down(tx, "t1-0"))
         message = await next_assignments(two)
         assert [t.id for t in message.assignments.update] == ["t1-0"]
         assert d._sessions["n0"].queue.empty(), "n0 was sent a change of n1's task"
