@@ -8,9 +8,9 @@ each event whether a pass is wanted; the pass itself re-reads the store. Policy:
 - After a pass the loop rests as long as the pass took (at most LOOP_MAX_REST), reading
   nothing meanwhile: a loop whose passes grow with the cluster keeps at most about half of
   the event loop, and heartbeats, status reports and the other loops keep theirs. At small
-  sizes a pass takes milliseconds and so does the rest. (Unpaced, a 10,000-task deploy on a
-  thousand nodes had the orchestrator back-to-back for minutes, heartbeats answered late
-  and nodes marked DOWN; bench/scale.py.)
+  sizes a pass takes milliseconds and so does the rest. (Unpaced, during a 10,000-task
+  deploy on a thousand simulated nodes the orchestrator alone took over a third of the
+  manager's event loop while heartbeats were answered late: py-spy, bench/scale.py.)
 """
 
 from __future__ import annotations
