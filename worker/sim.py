@@ -14,6 +14,7 @@ small machine. Used by `bench/scale.py` and the scale tests; it never runs in a 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Iterable
@@ -34,6 +35,9 @@ S = taskstate.S
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 
 
+LAG_TICK = 0.1  # seconds between the fleet's checks of its own event loop
+
+
 @dataclass
 class SimStats:
     """Counters over a fleet, for benchmarks and tests."""
@@ -45,6 +49,11 @@ class SimStats:
     worst_heartbeat_gap: float = 0.0  # seconds between two heartbeats, at worst (this
                                       # process's own lag shows here)
     errors: list[str] = field(default_factory=list)
+    # why sessions ended: a gRPC status code's name, or "closed" (the stream just ended)
+    ended: collections.Counter[str] = field(default_factory=collections.Counter)
+    # the longest this process's event loop was late (seconds): when this grows, the
+    # simulated nodes themselves are slow to heartbeat, and the figures measure them
+    worst_loop_lag: float = 0.0
 
 
 class VersionChain:
@@ -129,9 +138,11 @@ class SimNode:
             try:
                 await self._session(cpb_grpc.DispatcherStub(channel))
                 backoff = BACKOFF_MIN
+                self.stats.ended["closed"] += 1
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
+                self.stats.ended[exc.code().name] += 1
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
                                       grpc.StatusCode.NOT_FOUND):
                     self.stats.errors.append(f"{self.name}: {exc.code().name} {exc.details()}")
@@ -200,6 +211,10 @@ class SimNode:
             if state is None:  # new to this node (or this run of it)
                 state = task.status.state
                 self.states[task.id] = state
+            elif assignments.type == cpb.Assignments.COMPLETE:
+                self._outbox.correct(task.id, task.status, opb.TaskStatus(
+                    state=state, message="reported again",  # type: ignore[arg-type]
+                    timestamp=_now()))
             if task.desired_state > S.TASK_STATE_RUNNING:
                 if not taskstate.is_terminal(state):
                     self._cancel_start(task.id)
@@ -258,6 +273,14 @@ class Fleet:
         self.stats = SimStats()
         self.nodes: list[SimNode] = []
         self._ca: bytes | None = None
+        self._lag_watch: asyncio.Task[None] | None = None
+
+    async def _watch_lag(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(LAG_TICK)
+            late = time.monotonic() - before - LAG_TICK
+            self.stats.worst_loop_lag = max(self.stats.worst_loop_lag, late)
 
     async def join(self, count: int, concurrency: int = 32) -> list[SimNode]:
         """Join `count` more nodes (each its own key, CSR and certificate) and start them."""
@@ -268,6 +291,8 @@ class Fleet:
             self._ca = ca
         first = len(self.nodes)
         gate = asyncio.Semaphore(concurrency)
+        if self._lag_watch is None:
+            self._lag_watch = asyncio.create_task(self._watch_lag())
 
         async def one(index: int) -> SimNode:
             name = f"sim-{index:05d}"
@@ -296,4 +321,8 @@ class Fleet:
         return sum(len(n.running()) for n in self.nodes if not n.dead)
 
     async def close(self) -> None:
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
+            await asyncio.gather(self._lag_watch, return_exceptions=True)
+            self._lag_watch = None
         await asyncio.gather(*(n.die() for n in self.nodes))

@@ -29,23 +29,38 @@ class Dispatcher(cpb_grpc.DispatcherServicer):
     def __init__(self) -> None:
         self.sessions = 0
         self.beats: list[tuple[str, float]] = []  # (session id, when answered)
-        self.stall_beats = 0      # the next N heartbeats take 3 periods (past the timeout)
+        self.stall_beats = 0      # the next N heartbeats take 3 periods to answer
+        self.mute = False         # heartbeats are never answered
+        self.in_flight = 0        # heartbeats received and not answered yet
+        self.most_in_flight = 0
         self.fail_reports = 0     # the next N reports fail UNAVAILABLE
         self.forget = False       # heartbeats say the session is unknown
         self.reports: list[cpb.UpdateTaskStatusRequest] = []
+        self.hold_reports = False  # reports of session s1 never get an answer
+        self.held = 0              # reports held so far
+        self.lose_reports = False  # reports of session s1 are answered and forgotten
+        self.tasks: list[opb.Task] = []  # the COMPLETE assignments of every session
 
     async def Session(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC's name
         self.sessions += 1
-        yield cpb.SessionMessage(session_id=f"s{self.sessions}",
-                                 heartbeat_period_ms=PERIOD_MS)
+        yield cpb.SessionMessage(
+            session_id=f"s{self.sessions}", heartbeat_period_ms=PERIOD_MS,
+            assignments=cpb.Assignments(type=cpb.Assignments.COMPLETE, update=self.tasks))
         await asyncio.Event().wait()  # open until the client goes
 
     async def Heartbeat(self, request: Any, context: Any) -> Any:  # noqa: N802
         if self.forget and request.session_id == "s1":
             await context.abort(grpc.StatusCode.NOT_FOUND, "session invalid")
-        if self.stall_beats:
-            self.stall_beats -= 1
-            await asyncio.sleep(3 * PERIOD_MS / 1000)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.mute:
+                await asyncio.Event().wait()
+            if self.stall_beats:
+                self.stall_beats -= 1
+                await asyncio.sleep(3 * PERIOD_MS / 1000)
+        finally:
+            self.in_flight -= 1
         self.beats.append((request.session_id, time.monotonic()))
         return cpb.HeartbeatResponse(period_ms=PERIOD_MS)
 
@@ -53,12 +68,22 @@ class Dispatcher(cpb_grpc.DispatcherServicer):
         if self.fail_reports:
             self.fail_reports -= 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, "busy")
+        if request.session_id == "s1" and self.hold_reports:
+            self.held += 1
+            await asyncio.Event().wait()
+        if request.session_id == "s1" and self.lose_reports:
+            return cpb.UpdateTaskStatusResponse()
         self.reports.append(request)
         return cpb.UpdateTaskStatusResponse()
 
 
+class NoContainers:
+    def list(self, all: bool = False) -> list[Any]:  # noqa: A002 - the engine's name
+        return []
+
+
 def agent(target: str) -> Agent:
-    return Agent(engine=None, watcher=None, node_id="n1",  # type: ignore[arg-type]
+    return Agent(engine=NoContainers(), watcher=None, node_id="n1",  # type: ignore[arg-type]
                  channel_factory=lambda: grpc.aio.insecure_channel(target))
 
 
@@ -91,16 +116,19 @@ async def until(condition: Any, timeout: float = 10.0) -> None:
 
 
 @pytest.mark.parametrize("make", [agent, sim], ids=["agent", "sim"])
-def test_a_heartbeat_that_times_out_is_sent_again_in_the_same_session(make: Any) -> None:
+def test_heartbeats_keep_their_period_while_answers_are_late(make: Any) -> None:
     dispatcher = Dispatcher()
 
     async def check(node: Any) -> None:
         await until(lambda: len(dispatcher.beats) >= 2)
-        dispatcher.stall_beats = 2  # two heartbeats in a row outlive their deadline
+        assert dispatcher.most_in_flight == 1
+        dispatcher.stall_beats = 4  # answers come three periods late
         stalled_at = len(dispatcher.beats)
         await until(lambda: len(dispatcher.beats) >= stalled_at + 6)
-        # The node kept beating in its one session: it did not give up (the manager would
-        # have marked it DOWN) and did not reconnect.
+        # The next heartbeats went out before the late answers came: the manager heard
+        # the node every period (it would have marked it DOWN otherwise). The node kept
+        # its one session: it did not give up and did not reconnect.
+        assert dispatcher.most_in_flight >= 2
         assert dispatcher.sessions == 1
         assert {s for s, _ in dispatcher.beats} == {"s1"}
 
@@ -141,9 +169,75 @@ def test_a_manager_that_stopped_answering_is_given_up_and_the_node_reconnects(
 
     async def check(node: Any) -> None:
         await until(lambda: dispatcher.beats)
-        dispatcher.stall_beats = 10**6  # every heartbeat outlives its deadline from now on
+        dispatcher.mute = True  # no heartbeat is answered from now on
         # After GIVE_UP_PERIODS periods (1 s here) the node ends the session and opens
         # another one, as it must when its manager vanished without closing the connection.
         await until(lambda: dispatcher.sessions >= 2, timeout=10)
 
     asyncio.run(run_against(dispatcher, make, check))
+
+
+def reported(dispatcher: Dispatcher, session_id: str, task_id: str) -> list[int]:
+    return [u.status.state for r in dispatcher.reports if r.session_id == session_id
+            for u in r.updates if u.task_id == task_id]
+
+
+@pytest.mark.parametrize("make", [agent, sim], ids=["agent", "sim"])
+def test_a_report_in_flight_when_the_session_ends_is_sent_in_the_next_one(make: Any) -> None:
+    dispatcher = Dispatcher()
+    dispatcher.hold_reports = True
+
+    async def check(node: Any) -> None:
+        await until(lambda: node._session_id == "s1")
+        node._outbox.put("t1", opb.TaskStatus(state=opb.TASK_STATE_RUNNING, message="started"))
+        await until(lambda: dispatcher.held == 1)
+        dispatcher.forget = True  # the session ends while the report waits for its answer
+        # The manager never answered it, so it may never have applied it: the node must
+        # not count it as reported (it reports a state once, when it changes).
+        await until(lambda: reported(dispatcher, "s2", "t1") == [opb.TASK_STATE_RUNNING])
+
+    asyncio.run(run_against(dispatcher, make, check))
+
+
+class FakeController:
+    """Stands in for a TaskController whose container runs."""
+
+    def __init__(self, task: opb.Task, state: int) -> None:
+        self.task = task
+        self.status = opb.TaskStatus(state=state, message="started")  # type: ignore[arg-type]
+
+    def update(self, task: opb.Task) -> None:
+        self.task = task
+
+
+def test_a_status_the_manager_is_behind_on_is_reported_again_by_the_agent() -> None:
+    task = opb.Task(id="t1", node_id="n1", desired_state=opb.TASK_STATE_RUNNING,
+                    status=opb.TaskStatus(state=opb.TASK_STATE_ASSIGNED))
+    dispatcher = Dispatcher()
+    dispatcher.tasks = [task]
+
+    def make(target: str) -> Agent:
+        node = agent(target)
+        node.controllers["t1"] = FakeController(task, opb.TASK_STATE_RUNNING)  # type: ignore
+        return node
+
+    async def check(node: Any) -> None:
+        # The COMPLETE assignments say ASSIGNED; the node runs it: it says so.
+        await until(lambda: reported(dispatcher, "s1", "t1") == [opb.TASK_STATE_RUNNING])
+
+    asyncio.run(run_against(dispatcher, make, check))
+
+
+def test_a_status_the_manager_lost_is_reported_again_by_a_simulated_node() -> None:
+    dispatcher = Dispatcher()
+    dispatcher.tasks = [opb.Task(id="t1", node_id="n1", desired_state=opb.TASK_STATE_RUNNING,
+                                 status=opb.TaskStatus(state=opb.TASK_STATE_ASSIGNED))]
+    dispatcher.lose_reports = True
+
+    async def check(node: Any) -> None:
+        await until(lambda: node.running() == ["t1"] and not node._outbox.statuses)
+        await asyncio.sleep(0.1)  # sent and answered (and lost) in s1
+        dispatcher.forget = True  # s2's COMPLETE assignments still say ASSIGNED
+        await until(lambda: reported(dispatcher, "s2", "t1") == [opb.TASK_STATE_RUNNING])
+
+    asyncio.run(run_against(dispatcher, make=sim, check=check))

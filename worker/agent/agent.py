@@ -159,6 +159,8 @@ class Agent:
                 self._runs[task.id] = asyncio.create_task(self._drive(controller))
             else:
                 controller.update(task)
+                if assignments.type == cpb.Assignments.COMPLETE:
+                    self._outbox.correct(task.id, task.status, controller.status)
         for task_id in assignments.remove:
             if task_id in self.controllers:
                 self.controllers[task_id].remove()

@@ -9,10 +9,12 @@ Shared by the agent and the simulated nodes (worker/sim.py), so the benchmark me
 protocol the daemons speak.
 
 Policy:
-- A heartbeat or a status report that times out, or finds the manager unavailable or out
-  of resources, is sent again after a short pause (`retrying`): a busy manager is not a
-  dead one. A heartbeat given up on would leave the session open with nobody beating in
-  it, and the manager would mark a healthy node DOWN and move its tasks away.
+- Heartbeats go out on the clock, every period, whether or not the last one has been
+  answered yet (`send_heartbeats` says why). One that fails with a retryable code is
+  followed by the next; nothing gives up early: a busy manager is not a dead one, and a
+  helper given up on would leave the session open with nobody beating in it.
+- A status report that times out, or finds the manager unavailable or out of resources,
+  is sent again after a short pause (`retrying`).
 - Heartbeats give up after GIVE_UP_PERIODS periods without an answer: a manager that
   vanished without closing the connection (a partition, a machine gone) must not hold the
   node's session forever; ten periods ride out a stalled manager but not a lost one.
@@ -102,12 +104,56 @@ class Helpers:
 async def send_heartbeats(stub: Any, node_id: str, session_id: str,
                           period: Callable[[], float],
                           answered: Callable[[cpb.HeartbeatResponse], None]) -> None:
-    """Heartbeat every period() seconds (the manager sets it) until cancelled or given up."""
+    """Heartbeat every period() seconds (the manager sets it), on the clock, until cancelled
+    or given up.
+
+    The next heartbeat does not wait for the last one's answer. An answer can be seconds
+    late while the manager heard the heartbeat on time: it comes back on the connection
+    that carries the session, behind whatever the manager is sending this node (a deploy's
+    network changes). Waiting for each answer made the heartbeats themselves that late, and
+    a busy manager marked healthy nodes DOWN (bench/scale.py, 300 nodes). So each one is
+    its own call, with GIVE_UP_PERIODS periods to be answered; a retryable failure (RETRY)
+    is left to the next tick, and once no heartbeat has been answered for GIVE_UP_PERIODS
+    periods the session is given up with that failure. Any other error ends it at once."""
     request = cpb.HeartbeatRequest(node_id=node_id, session_id=session_id)
-    while True:
-        await asyncio.sleep(period())
-        answered(await retrying(lambda: stub.Heartbeat(request, timeout=period() * 2),
-                                give_up_after=period() * GIVE_UP_PERIODS))
+    loop = asyncio.get_running_loop()
+    failure: asyncio.Future[None] = loop.create_future()
+    calls: set[asyncio.Task[cpb.HeartbeatResponse]] = set()
+    last_answer = time.monotonic()
+
+    def done(call: asyncio.Task[cpb.HeartbeatResponse]) -> None:
+        nonlocal last_answer
+        calls.discard(call)
+        if call.cancelled():
+            return
+        exc = call.exception()  # retrieved even when the session is already ending
+        if failure.done():
+            return
+        if exc is None:
+            last_answer = time.monotonic()
+            answered(call.result())
+        elif (not isinstance(exc, grpc.aio.AioRpcError) or exc.code() not in RETRY
+              or time.monotonic() - last_answer >= period() * GIVE_UP_PERIODS):
+            failure.set_exception(exc)
+
+    async def beat() -> cpb.HeartbeatResponse:
+        return await stub.Heartbeat(request, timeout=period() * GIVE_UP_PERIODS)  # type: ignore[no-any-return]
+
+    due = time.monotonic()
+    try:
+        while True:
+            due = max(due + period(), time.monotonic())  # a late tick is not made up twice
+            await asyncio.wait([failure], timeout=due - time.monotonic())
+            if failure.done():
+                failure.result()  # raises the failure
+            call = asyncio.create_task(beat())
+            calls.add(call)
+            call.add_done_callback(done)
+    finally:
+        for call in list(calls):
+            call.cancel()
+        if failure.done() and not failure.cancelled():
+            failure.exception()  # retrieved: it is raised above or the session is ending
 
 
 class Outbox:
@@ -124,14 +170,30 @@ class Outbox:
     def drop(self, task_id: str) -> None:
         self.statuses.pop(task_id, None)
 
+    def correct(self, task_id: str, managers: opb.TaskStatus, ours: opb.TaskStatus) -> None:
+        """A new session's COMPLETE assignments carry the manager's view of each task's
+        status: where it is behind what this node reported (a report lost with a session,
+        a manager restored or failed over), report ours again. Level-triggered, as the
+        assignments are: a lost report is repaired at the next session, whatever lost it."""
+        if ours.state > managers.state and task_id not in self.statuses:
+            self.put(task_id, ours)
+
+    def restore(self, batch: dict[str, opb.TaskStatus]) -> None:
+        """A batch that was not acknowledged goes back; changes made since win."""
+        for task_id, status in batch.items():
+            self.statuses.setdefault(task_id, status)
+        if self.statuses:
+            self.ready.set()
+
 
 async def send_reports(
         stub: Any, node_id: str, session_id: str, outbox: Outbox,
         before: Callable[[], Awaitable[None]] | None = None,
         answered: Callable[[cpb.UpdateTaskStatusResponse], None] | None = None) -> None:
     """Send what the outbox gathers, in batches, until cancelled; `before` runs before
-    each batch is taken. A batch that fails for good goes back to the outbox (newer
-    changes win) for the next session, and the error ends this one."""
+    each batch is taken. A batch that fails for good, or is still in flight when the
+    session ends, goes back to the outbox (newer changes win) for the next session: the
+    manager may never have seen it, and sending a status twice is harmless."""
     while True:
         await outbox.ready.wait()
         await asyncio.sleep(REPORT_BATCH)
@@ -146,9 +208,8 @@ async def send_reports(
             updates=[cpb.TaskStatusUpdate(task_id=k, status=v) for k, v in batch.items()])
         try:
             answer = await retrying(functools.partial(stub.UpdateTaskStatus, request))
-        except grpc.aio.AioRpcError:
-            for k, v in batch.items():
-                outbox.statuses.setdefault(k, v)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            outbox.restore(batch)
             raise
         if answered is not None:
             answered(answer)
