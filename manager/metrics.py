@@ -2,7 +2,7 @@
 
 One `Metrics` per manager, passed to the loops that count; `Control.Info` returns a copy
 (`InfoResponse.metrics`), which is what `bench/scale.py` reads before and after each phase.
-Names (all totals since the manager started):
+Names (totals since the manager started, but for the one peak):
 
     scheduler_passes, scheduler_placed      scheduling passes, tasks assigned to nodes
     scheduler_seconds                       time spent planning and committing passes
@@ -13,6 +13,9 @@ Names (all totals since the manager started):
     dispatcher_status_commits               commits those took (batched across nodes)
     dispatcher_stall_seconds                time the manager's loop was stalled, given back
                                             to heartbeat deadlines
+    dispatcher_ingress_lag_seconds          the longest a heartbeat took to reach the
+                                            dispatcher, as the manager's probe of itself
+                                            measured it (a peak, not a total; probe.py)
     dispatcher_mass_failure_holds           nodes given another period because too many
                                             failed at once (ManagerConfig.mass_failure_*)
     netpush_*                               NetworkState rounds, whole states and deltas
@@ -30,6 +33,10 @@ class Metrics:
 
     def add(self, name: str, value: float = 1.0) -> None:
         self._values[name] += value
+
+    def peak(self, name: str, value: float) -> None:
+        if value > self._values[name]:
+            self._values[name] = value
 
     def snapshot(self) -> dict[str, float]:
         return dict(self._values)

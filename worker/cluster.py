@@ -23,11 +23,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 from pyswarm.common import pki
 from pyswarm.common.errors import Conflict, FailedPrecondition, InvalidArgument
 from pyswarm.common.paths import EngineConfig
 from pyswarm.manager.control import new_cluster_id
+from pyswarm.manager.dispatcher.probe import IngressProbe
 from pyswarm.manager.manager import ClusterIdentity, Manager
 from pyswarm.manager.security import ca
 from pyswarm.manager.security.endpoint import TLSEndpoint, format_addr, parse_listen_addr
@@ -232,11 +234,18 @@ class ClusterHost:
             cluster_pb2_grpc.add_ControlServicer_to_server(ControlServicer(self), server)
             cluster_pb2_grpc.add_DispatcherServicer_to_server(DispatcherServicer(self), server)
             ca_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self), server)
+            health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
 
         endpoint = TLSEndpoint(listen, self.cfg.run_dir, self._credentials, add_servicers,
                                AuthInterceptor(lambda: self.manager))
         await endpoint.start()
         self.endpoint = endpoint
+        if self.manager is not None:
+            # Heartbeats' delay inside this manager, measured on their own path (probe.py).
+            target = format_addr(_reachable(listen[0]), listen[1])
+            certs = self._credentials
+            self.manager.dispatcher.use_probe(IngressProbe(
+                lambda: NodeCerts(*certs()).channel(target)))
 
     def _credentials(self) -> tuple[bytes, bytes, bytes]:
         assert self._certs is not None
@@ -395,3 +404,8 @@ class ClusterHost:
 def _ensure_cluster(tx: WriteTx, cluster_id: str) -> None:
     if not tx.find("cluster", name=ca.CLUSTER_NAME):
         tx.create(ca.new_cluster(cluster_id))
+
+
+def _reachable(host: str) -> str:
+    """An address this machine reaches its own listener at ("0.0.0.0" is not one)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)

@@ -36,6 +36,7 @@ from pyswarm.common.errors import NotFound
 from pyswarm.manager.config import ManagerConfig
 from pyswarm.manager.dispatcher import assignments as asg
 from pyswarm.manager.dispatcher.netpush import NetworkPush, session_message
+from pyswarm.manager.dispatcher.probe import IngressProbe
 from pyswarm.manager.store import Event, Store, Watch, WriteTx
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
@@ -81,6 +82,16 @@ class Dispatcher:
                                    asyncio.Future[list[str]]]] = []
         self._status_writer: asyncio.Task[None] | None = None
         self.network = NetworkPush(store)
+        self.probe: IngressProbe | None = None
+
+    def use_probe(self, probe: IngressProbe) -> None:
+        """Measure heartbeats' delay inside this manager with `probe` (probe.py) and give
+        nodes that much more time before they are DOWN."""
+        self.probe = probe
+        probe.start()
+
+    def ingress_lag(self) -> float:
+        return self.probe.lag() if self.probe is not None else 0.0
 
     @property
     def period_ms(self) -> int:
@@ -97,6 +108,8 @@ class Dispatcher:
         await self.network.start()
 
     async def stop(self) -> None:
+        if self.probe is not None:
+            await self.probe.stop()
         await self.network.stop()
         for loop in (self._liveness, self._router):
             if loop is not None:
@@ -226,7 +239,11 @@ class Dispatcher:
         session = self._sessions.get(request.node_id)
         if session is None or session.id != request.session_id:
             raise NotFound("session invalid: open a new session")
-        self._last_beat[request.node_id] = time.monotonic()
+        now = time.monotonic()
+        previous = self._last_beat.get(request.node_id)
+        if previous is not None:
+            self.store.metrics.peak("dispatcher_heartbeat_gap_seconds", now - previous)
+        self._last_beat[request.node_id] = now
         self._held_since.pop(request.node_id, None)
         self.store.metrics.add("dispatcher_heartbeats")
         return cpb.HeartbeatResponse(period_ms=self.period_ms)
@@ -235,7 +252,8 @@ class Dispatcher:
         while True:
             # Wake when the first node is due (not on a fixed tick, which added up to half a
             # period to every failure's detection), and at least every half period.
-            due = min(self._last_beat.values(), default=time.monotonic()) + self.cfg.down_after
+            due = (min(self._last_beat.values(), default=time.monotonic())
+                   + self.cfg.down_after + self.ingress_lag())
             nap = min(max(due - time.monotonic(), 0.01), self.cfg.heartbeat_period / 2)
             before = time.monotonic()
             await asyncio.sleep(nap)
@@ -249,7 +267,12 @@ class Dispatcher:
                 for node_id in self._last_beat:
                     self._last_beat[node_id] += late
                 self.store.metrics.add("dispatcher_stall_seconds", late)
-            dead = [n for n, t in self._last_beat.items() if now - t > self.cfg.down_after]
+            # A heartbeat takes this manager `lag` to hear now (an overloaded manager):
+            # nobody is DOWN for what is still in its own queues.
+            lag = self.ingress_lag()
+            self.store.metrics.peak("dispatcher_ingress_lag_seconds", lag)
+            dead = [n for n, t in self._last_beat.items()
+                    if now - t > self.cfg.down_after + lag]
             dead = self._hold_mass_failure(dead, now)
             if not dead:
                 continue

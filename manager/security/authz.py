@@ -3,6 +3,8 @@
 The TLS layer has already checked that a certificate, when one is presented, was issued by
 this cluster's root CA (and a certificate from any other CA fails the handshake). Per call:
 - NodeCA: anyone (a joining node has no certificate yet; it proves itself with a token).
+- grpc.health.v1.Health: anyone the TLS layer let in. It says only that the manager
+  serves; the manager probes itself with it (dispatcher/probe.py).
 - Dispatcher: a node certificate whose node id (CN) is the request's node_id, for a node
   that is still a member: a removed node is refused, whatever its certificate says.
 - Control: a manager's certificate. A worker's is refused, and so is Init/Join, which act on
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pyswarm.common import pki
 from pyswarm.manager.security.ca import PermissionDenied, removed
 
+HEALTH = "/grpc.health.v1.Health"
 WORKER_CONTROL = "a worker node's certificate cannot call the control API"
 NEEDS_CERT = ("this call needs a node certificate of this swarm (mutual TLS); "
               "join the node with a token first")
@@ -55,8 +58,10 @@ def authorize(method: str, caller: Caller | None, request: object, cluster_id: s
     """Raise PermissionDenied unless `caller` may make this call.
 
     `method` is gRPC's full name ("/pyswarm.cluster.v1.Control/ListNodes")."""
-    service, _, name = method.rpartition("/")
-    service = service.rpartition(".")[2]
+    full, _, name = method.rpartition("/")
+    if full == HEALTH:
+        return
+    service = full.rpartition(".")[2]
     if service == "NodeCA":
         return  # the servicer checks the token, or the caller's own certificate
     if caller is None:

@@ -170,3 +170,41 @@ def test_most_nodes_failing_at_once_are_held_then_marked_down() -> None:
         await d.stop()
 
     run(body())
+
+
+class FakeProbe:
+    """The manager's probe of itself (probe.py), with the lag set by the test."""
+
+    def __init__(self, lag: float) -> None:
+        self.value = lag
+
+    def lag(self) -> float:
+        return self.value
+
+    def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+def test_heartbeats_still_queued_in_an_overloaded_manager_do_not_mark_nodes_down() -> None:
+    async def body() -> None:
+        store, d = await _cluster(1, 1)
+        probe = FakeProbe(lag=4 * FAST.down_after)
+        d.use_probe(probe)  # type: ignore[arg-type]
+        stream = d.session(cpb.SessionRequest(node_id="n0"))
+        await anext(stream)
+        # Silent for twice the window, while a heartbeat takes the manager four windows
+        # to hear: the node's beats may be in its queues, so it stays READY.
+        await asyncio.sleep(2 * FAST.down_after)
+        assert store.view().get("node", "n0").status.state == opb.NODE_STATE_READY
+        # The manager catches up and still hears nothing: the node is DOWN.
+        probe.value = 0.0
+        await asyncio.sleep(FAST.down_after + 3 * FAST.heartbeat_period)
+        assert store.view().get("node", "n0").status.state == opb.NODE_STATE_DOWN
+        assert store.metrics.snapshot()["dispatcher_ingress_lag_seconds"] == 4 * FAST.down_after
+        await stream.aclose()
+        await d.stop()
+
+    run(body())

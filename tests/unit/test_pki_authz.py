@@ -40,6 +40,13 @@ def test_node_ca_is_open_to_anyone() -> None:
     assert allowed(NODECA + "IssueNodeCertificate", None)
 
 
+def test_the_health_check_is_open_and_only_that_service_is() -> None:
+    assert allowed("/grpc.health.v1.Health/Check", None)
+    assert allowed("/grpc.health.v1.Health/Check", WORKER)
+    # a service merely named Health elsewhere is not the health check
+    assert "not served" in refusal("/evil.v1.Health/Check", MANAGER)
+
+
 def test_control_needs_a_manager_certificate() -> None:
     assert allowed(CONTROL + "ListNodes", MANAGER)
     assert refusal(CONTROL + "DeployStack", WORKER) == authz.WORKER_CONTROL
