@@ -31,6 +31,7 @@ class Dispatcher(cpb_grpc.DispatcherServicer):
         self.beats: list[tuple[str, float]] = []  # (session id, when answered)
         self.stall_beats = 0      # the next N heartbeats take 3 periods to answer
         self.mute = False         # heartbeats are never answered
+        self.cancel_beats = 0     # the next N heartbeats fail CANCELLED (an overloaded manager)
         self.in_flight = 0        # heartbeats received and not answered yet
         self.most_in_flight = 0
         self.fail_reports = 0     # the next N reports fail UNAVAILABLE
@@ -51,6 +52,9 @@ class Dispatcher(cpb_grpc.DispatcherServicer):
     async def Heartbeat(self, request: Any, context: Any) -> Any:  # noqa: N802
         if self.forget and request.session_id == "s1":
             await context.abort(grpc.StatusCode.NOT_FOUND, "session invalid")
+        if self.cancel_beats:
+            self.cancel_beats -= 1
+            await context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
@@ -131,6 +135,21 @@ def test_heartbeats_keep_their_period_while_answers_are_late(make: Any) -> None:
         assert dispatcher.most_in_flight >= 2
         assert dispatcher.sessions == 1
         assert {s for s, _ in dispatcher.beats} == {"s1"}
+
+    asyncio.run(run_against(dispatcher, make, check))
+
+
+@pytest.mark.parametrize("make", [agent, sim], ids=["agent", "sim"])
+def test_heartbeats_the_manager_cancelled_do_not_end_the_session(make: Any) -> None:
+    dispatcher = Dispatcher()
+
+    async def check(node: Any) -> None:
+        await until(lambda: len(dispatcher.beats) >= 1)
+        dispatcher.cancel_beats = 3
+        await until(lambda: dispatcher.cancel_beats == 0)
+        answered = len(dispatcher.beats)
+        await until(lambda: len(dispatcher.beats) >= answered + 2)
+        assert dispatcher.sessions == 1
 
     asyncio.run(run_against(dispatcher, make, check))
 

@@ -39,9 +39,12 @@ from pyswarm.proto import objects_pb2 as opb
 
 T = TypeVar("T")
 
-# Codes after which the same request is sent again in the same session.
+# Codes after which the same request is sent again in the same session: the call did not
+# get through, which says nothing about the session. CANCELLED is among them: at a thousand
+# nodes an overloaded manager answered one heartbeat in ten with it (bench/scale.py), and
+# ending the session for it made every node reconnect three times within a deploy.
 RETRY = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
-                   grpc.StatusCode.RESOURCE_EXHAUSTED})
+                   grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED})
 RETRY_MIN, RETRY_MAX = 0.05, 1.0  # seconds between attempts (doubling)
 GIVE_UP_PERIODS = 10  # heartbeat periods without an answer before the session is given up
 REPORT_BATCH = 0.02  # seconds: status changes within this window go in one request
@@ -56,10 +59,19 @@ async def retrying(send: Callable[[], Awaitable[T]], give_up_after: float | None
         try:
             return await send()
         except grpc.aio.AioRpcError as exc:
+            if _cancelled():
+                raise asyncio.CancelledError from exc  # not the call's failure: ours
             if exc.code() not in RETRY or (deadline is not None and time.monotonic() > deadline):
                 raise
         await asyncio.sleep(pause)
         pause = min(pause * 2, RETRY_MAX)
+
+
+def _cancelled() -> bool:
+    """Whether the current task is being cancelled (gRPC may turn the cancellation of a
+    task awaiting a unary call into that call's CANCELLED error)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class Helpers:
