@@ -45,7 +45,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.engine_fixtures import Daemon, cleanup, engine_env  # noqa: E402
+from tests.engine_fixtures import Daemon, cleanup, engine_env, router_pids  # noqa: E402
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -68,19 +68,32 @@ def free_port() -> int:
 # ---- the manager process ---------------------------------------------------------------
 
 
+def manager_pids(pid: int) -> list[int]:
+    """The daemon and the router of its TLS port (a process of its own): what the manager
+    costs is what both cost."""
+    return [pid, *router_pids(pid)]
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+    """utime + stime of the daemon and its router."""
+    total = 0.0
+    for p in manager_pids(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
 
 
-def memory_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) in MB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) / 1024
-    return values["VmRSS"], values["VmHWM"]
+def memory_mb(pid: int, alone: bool = False) -> tuple[float, float]:
+    """(VmRSS, VmHWM) in MB, summed over the daemon and its router (or of `pid` alone)."""
+    rss = hwm = 0.0
+    for p in [pid] if alone else manager_pids(pid):
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key == "VmRSS":
+                rss += int(rest.split()[0]) / 1024
+            elif key == "VmHWM":
+                hwm += int(rest.split()[0]) / 1024
+    return rss, hwm
 
 
 class Etcd:
@@ -249,11 +262,20 @@ async def run_one(store: str, nodes: int, tasks: int, args: argparse.Namespace,
             listed = await control.ListServices(cpb.ListServicesRequest(stack="scale"))
             return sum(s.running for s in listed.services)
 
-        while await manager_running() < tasks:
-            if time.monotonic() - started > args.timeout:
+        shown = started
+        while (running := await manager_running()) < tasks:
+            now = time.monotonic()
+            if now - started > args.timeout:
                 raise RuntimeError(f"{label}: not every task ran within {args.timeout} s")
+            if now - shown >= 5:
+                shown = now
+                log(f"{label}: {now - started:.0f} s: {running}/{tasks} running on the "
+                    f"manager, {fleet.running()} on the nodes; {await ready_nodes() - 1}/"
+                    f"{nodes} nodes ready; sessions opened {fleet.stats.sessions}, ended "
+                    f"{dict(fleet.stats.ended) or 'none'}; the simulator's loop was late "
+                    f"{fleet.stats.worst_loop_lag:.2f} s at worst")
             # Each answer counts every task: poll gently, and more so once it takes long.
-            await asyncio.sleep(0.2 if time.monotonic() - started < 5 else 1.0)
+            await asyncio.sleep(0.2 if now - started < 5 else 1.0)
         running_s = time.monotonic() - started
         profiler.stop()
         after = dict((await control.Info(cpb.InfoRequest())).metrics)
@@ -270,7 +292,7 @@ async def run_one(store: str, nodes: int, tasks: int, args: argparse.Namespace,
                 "scheduler_passes", 0)
             out[f"{label}_placements_target_ratio"] = round(TARGET_PLACEMENTS / rate, 3)
         for key in ("store_commits", "store_writes", "store_commit_seconds",
-                    "dispatcher_status_commits"):
+                    "dispatcher_status_commits", "netpush_rounds", "netpush_bytes"):
             out[f"{label}_deploy_{key}"] = round(after.get(key, 0) - before.get(key, 0), 3)
 
         # Rest.
@@ -284,6 +306,9 @@ async def run_one(store: str, nodes: int, tasks: int, args: argparse.Namespace,
         beats = (fleet.stats.heartbeats - beats_before) / args.rest
         profiler.stop()
         rss, peak = memory_mb(pid)
+        for p in router_pids(pid):
+            out[f"{label}_router_rss_mb"], out[f"{label}_router_peak_rss_mb"] = (
+                round(x, 1) for x in memory_mb(p, alone=True))
         out[f"{label}_rest_cpu_cores"] = round(cpu, 3)
         out[f"{label}_rest_heartbeats_per_s"] = round(beats, 1)
         out[f"{label}_rss_mb"] = round(rss, 1)
@@ -324,8 +349,14 @@ async def run_one(store: str, nodes: int, tasks: int, args: argparse.Namespace,
         out[f"{label}_replace_target_ratio"] = round(replaced_s / TARGET_REPLACE_S, 3)
         out[f"{label}_sim_refused_updates"] = fleet.stats.refused
         out[f"{label}_sim_worst_heartbeat_gap_s"] = round(fleet.stats.worst_heartbeat_gap, 2)
+        out[f"{label}_sim_worst_loop_lag_s"] = round(fleet.stats.worst_loop_lag, 2)
+        out[f"{label}_sim_sessions_reopened"] = fleet.stats.sessions - nodes
         final = dict((await control.Info(cpb.InfoRequest())).metrics)
         out[f"{label}_manager_stall_s"] = round(final.get("dispatcher_stall_seconds", 0), 2)
+        out[f"{label}_manager_worst_heartbeat_gap_s"] = round(
+            final.get("dispatcher_heartbeat_gap_seconds", 0), 2)
+        out[f"{label}_manager_ingress_lag_max_s"] = round(
+            final.get("dispatcher_ingress_lag_seconds", 0), 2)
         if fleet.stats.errors:
             log(f"{label}: simulated nodes saw errors: {fleet.stats.errors[:5]}")
         await channel.close()
@@ -334,6 +365,10 @@ async def run_one(store: str, nodes: int, tasks: int, args: argparse.Namespace,
         if fleet is not None:
             await fleet.close()
         cleanup(daemon)
+        if out.get(f"{label}_all_running_s") is None and daemon.log_path.exists():
+            kept = Path(tempfile.gettempdir()) / f"pyswarm-scale-{label}-daemon.log"
+            shutil.copyfile(daemon.log_path, kept)
+            log(f"{label}: the manager's log is kept in {kept}")
         if etcd is not None:
             etcd.stop()
         shutil.rmtree(base, ignore_errors=True)

@@ -152,3 +152,16 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
             return last
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+
+
+def router_pids(pid: int) -> list[int]:
+    """The children of daemon `pid` that run its TLS port's router (router.py)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if b"security.router" in _cmdline(int(c))]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -11,6 +11,9 @@ bytes unchanged, to one of two local ports of the same gRPC server:
                      └─ any other name        → node.sock: client certificate REQUIRED and
                                                  verified against the root CA
 
+The router is a process of its own (router.py, which says why), started and stopped with
+the endpoint; it goes when the daemon does, however the daemon ends.
+
 TLS runs end to end between the node and gRPC; the router sees only ciphertext. Both local
 ports are Unix sockets in the daemon's root-only run folder. Every call still goes through
 the AuthInterceptor (authz.py), whatever port it came by: a call on join.sock has no client
@@ -25,17 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 
 from pyswarm.common import pki
-from pyswarm.manager.security import sni
 from pyswarm.manager.security.guard import AuthInterceptor
 
-HELLO_TIMEOUT = 10.0  # seconds a new connection gets to send its ClientHello
 DEFAULT_PORT = 2377
+ROUTER_START = 10.0  # seconds the router process gets to say it listens
+ROUTER_STOP = 3.0    # and to go once told to
 
 # key PEM, certificate PEM, root CA PEM: the manager node's current credentials
 Credentials = tuple[bytes, bytes, bytes]
@@ -106,8 +110,11 @@ class TLSEndpoint:
         self._add_servicers = add_servicers
         self._interceptor = interceptor
         self._server: grpc.aio.Server | None = None
-        self._router: asyncio.Server | None = None
-        self._connections: set[_Side] = set()
+        self._router: asyncio.subprocess.Process | None = None
+
+    @property
+    def router_pid(self) -> int | None:
+        return self._router.pid if self._router is not None else None
 
     async def start(self) -> None:
         """Bind and serve; OSError (e.g. the address is in use) leaves nothing running."""
@@ -121,143 +128,47 @@ class TLSEndpoint:
                                _Reloadable(self._credentials, False).server_credentials())
         await server.start()
         self._server = server
-        host, port = self.listen
         try:
-            self._router = await asyncio.get_running_loop().create_server(
-                self._accept, host, port)
+            await self._start_router()
         except OSError:
             await self.stop()
             raise
 
+    async def _start_router(self) -> None:
+        """The port's router, in its own process (router.py); OSError if it cannot listen."""
+        host, port = self.listen
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pyswarm.manager.security.router", host, str(port),
+            pki.CA_NAME, str(self.join_sock), str(self.node_sock),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            start_new_session=True)  # a ^C at the daemon's terminal is the daemon's to handle
+        self._router = proc
+        assert proc.stdout is not None
+        try:
+            first = (await asyncio.wait_for(proc.stdout.readline(), ROUTER_START)).decode()
+        except TimeoutError:
+            first = ""
+        if first.strip() == "ready":
+            return
+        kind, _, rest = first.strip().partition(" ")
+        code, _, message = rest.partition(" ")
+        if kind == "error" and code.isdigit():
+            raise OSError(int(code) or None, message)
+        raise OSError(f"the port's router did not start (said {first.strip()!r})")
+
     async def stop(self) -> None:
-        if self._router is not None:
-            self._router.close()
-            for side in list(self._connections):
-                if side.transport is not None:
-                    side.transport.close()
-            with contextlib.suppress(Exception):
-                await self._router.wait_closed()
-            self._router = None
+        proc, self._router = self._router, None
+        if proc is not None:
+            if proc.stdin is not None:
+                proc.stdin.close()  # the router's cue to go
+            try:
+                await asyncio.wait_for(proc.wait(), ROUTER_STOP)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
         if self._server is not None:
             await self._server.stop(grace=1)
             self._server = None
         for sock in (self.node_sock, self.join_sock):
             sock.unlink(missing_ok=True)
-
-    def _accept(self) -> asyncio.Protocol:
-        return _Downstream(self)
-
-
-class _Side(asyncio.Protocol):
-    """One end of a relayed connection: what it receives is written to the other end.
-
-    Protocols rather than streams: a heartbeat is a few small TLS records each way, and a
-    record passed on from data_received() costs a fraction of a stream read, a write and a
-    drain in a coroutine (at a thousand nodes that is most of the relay's CPU). When the
-    other end's buffer is full, this end stops reading until it drains."""
-
-    transport: asyncio.Transport | None = None
-    peer: _Side | None = None
-    ended = False  # this end has received EOF
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.write(data)
-
-    def eof_received(self) -> bool:
-        """Half-close passed on; once both directions have ended, both ends close (a
-        half-closed pair left open would hold two sockets for every connection ever made)."""
-        self.ended = True
-        peer = self.peer.transport if self.peer is not None else None
-        if peer is None or not peer.can_write_eof() or (self.peer is not None
-                                                        and self.peer.ended):
-            if peer is not None:
-                peer.close()
-            return False  # asyncio closes this end
-        peer.write_eof()
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.close()
-
-    def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
-
-
-class _Downstream(_Side):
-    """The node's TCP connection: its ClientHello picks the local listener."""
-
-    def __init__(self, endpoint: TLSEndpoint) -> None:
-        self.endpoint = endpoint
-        self.hello = bytearray()
-        self.timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.endpoint._connections.add(self)
-        self.timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT, self._close)
-
-    def _close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        if self.peer is not None:
-            super().data_received(data)
-            return
-        self.hello += data
-        try:
-            record = sni.first_record(self.hello)
-        except sni.NotTLS:
-            self._close()
-            return
-        if record is None:
-            if len(self.hello) > sni.MAX_RECORD + 5:
-                self._close()
-            return
-        assert self.transport is not None
-        self.transport.pause_reading()
-        if self.timer is not None:
-            self.timer.cancel()
-        name = sni.server_name(record)
-        target = self.endpoint.join_sock if name == pki.CA_NAME else self.endpoint.node_sock
-        self.connecting = asyncio.ensure_future(self._connect(target))
-
-    async def _connect(self, target: Path) -> None:
-        up = _Side()
-        try:
-            await asyncio.get_running_loop().create_unix_connection(lambda: up, str(target))
-        except OSError:
-            self._close()
-            return
-        if self.transport is None:  # the node went away meanwhile
-            if up.transport is not None:
-                up.transport.close()
-            return
-        up.peer, self.peer = self, up
-        assert up.transport is not None
-        up.transport.write(bytes(self.hello))
-        self.hello.clear()
-        self.transport.resume_reading()
-
-    def eof_received(self) -> bool:
-        if self.peer is None:
-            return False  # ended before its hello: close
-        return super().eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.endpoint._connections.discard(self)
-        super().connection_lost(exc)

@@ -21,7 +21,7 @@ import pytest
 from pyswarm.common import pki
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
-from tests.engine_fixtures import Daemon, build_base_image, cleanup, engine_env
+from tests.engine_fixtures import Daemon, build_base_image, cleanup, engine_env, router_pids
 from tests.etcd_fixtures import etcd_server  # noqa: F401  (a real etcd for the etcd store)
 from tests.root.test_cluster import SLEEPER, tasks, wait_for, write_stack
 
@@ -288,3 +288,57 @@ def test_with_an_etcd_store_a_manager_token_registers_a_manager(
     finally:
         cleanup(second)
         cleanup(manager)
+
+
+# ---- the port's router process -------------------------------------------------------------
+
+
+def test_a_port_in_use_is_a_clear_error_and_starts_nothing(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    d = new_daemon(tmp_path_factory, 7, "tls-busy")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        try:
+            d.start()
+            out = d.cli("init", "--advertise-addr", "127.0.0.1", "--listen-addr",
+                        f"127.0.0.1:{port}", check=False)
+            assert out.returncode != 0
+            assert (f"cannot listen on 127.0.0.1:{port}: Address already in use"
+                    in out.stderr), out.stderr
+            assert router_pids(d.proc.pid) == []
+            # Nothing was half-applied: the same node inits on a free port.
+            d.cli("init", "--advertise-addr", "127.0.0.1", "--listen-addr",
+                  f"127.0.0.1:{free_port()}")
+            assert len(router_pids(d.proc.pid)) == 1
+        finally:
+            cleanup(d)
+
+
+def test_the_router_goes_when_its_daemon_is_killed(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    import os
+    import signal
+    import time
+
+    d = new_daemon(tmp_path_factory, 8, "tls-kill")
+    port = free_port()
+    try:
+        d.start()
+        d.cli("init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{port}")
+        routers = router_pids(d.proc.pid)
+        assert len(routers) == 1
+        assert d.proc is not None
+        os.kill(d.proc.pid, signal.SIGKILL)
+        d.proc.wait()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{routers[0]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # No orphan holds the manager's port: a restarted daemon can serve it again.
+        assert not Path(f"/proc/{routers[0]}").exists()
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+    finally:
+        cleanup(d)

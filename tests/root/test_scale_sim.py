@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine_fixtures import Daemon, cleanup, engine_env
+from tests.engine_fixtures import Daemon, cleanup, engine_env, router_pids
 from tests.root.test_cluster import init_args
 
 pytestmark = pytest.mark.root
@@ -70,10 +70,22 @@ def test_a_fleet_of_simulated_nodes_runs_every_replica_once(manager: Daemon) -> 
         return set(seen) == wanted and max(seen.values()) == 1
 
     assert manager.proc is not None
-    fd_dir = Path(f"/proc/{manager.proc.pid}/fd")
+    # The daemon, and the router of its TLS port (a process of its own: router.py).
+    pids = [manager.proc.pid, *router_pids(manager.proc.pid)]
+    assert len(pids) == 2
 
     def open_files() -> int:
-        return len(list(fd_dir.iterdir()))
+        return sum(len(list(Path(f"/proc/{pid}/fd").iterdir())) for pid in pids)
+
+    async def manager_metric(name: str) -> float:
+        import grpc
+
+        from pyswarm.proto import cluster_pb2 as cpb
+        from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
+
+        async with grpc.aio.insecure_channel(f"unix://{manager.run_dir / 'pyswarm.sock'}") as ch:
+            info = await cpb_grpc.ControlStub(ch).Info(cpb.InfoRequest())
+        return float(dict(info.metrics).get(name, 0.0))
 
     async def scenario() -> None:
         fleet = Fleet(addr, token, start_delay=0.05)
@@ -129,6 +141,12 @@ def test_a_fleet_of_simulated_nodes_runs_every_replica_once(manager: Daemon) -> 
 
             await until("every node's network view to match the cluster", views_agree)
             assert fleet.stats.refused == 0 and not fleet.stats.errors, fleet.stats
+
+            # The manager measures its heartbeats' delay by probing its own TLS port (the
+            # health check, with its own node certificate, through the router): it gets
+            # an answer, and a few milliseconds' worth, not a stuck probe.
+            lag = await manager_metric("dispatcher_ingress_lag_seconds")
+            assert 0 < lag < 5, lag
         finally:
             await fleet.close()
         # Every connection the nodes made (joins, sessions, reconnections) is closed on the
