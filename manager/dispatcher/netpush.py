@@ -10,8 +10,9 @@ Policy:
 - Coalesced and paced rounds: a round runs at most every `interval` seconds, after store
   events that can change some node's state (`matters`), and no sooner after the last one
   than the sessions it told take to send (SENDS_PER_SECOND; nor while many of them have
-  not pulled yet): what a node is sent per change is small, but every node is sent it,
-  and each message has its cost. A round re-reads only the objects those events
+  not pulled yet, nor before the bytes pulled have drained at BYTES_PER_SECOND): what a
+  node is sent per change is small, but every node is sent it, and each message and each
+  byte has its cost. A round re-reads only the objects those events
   name (netstate.Dirty), logs what changed and marks the sessions whose state may have
   changed: all of them when a peer or a network changed, else those whose node's
   attachments changed or whose networks a changed endpoint is on.
@@ -58,6 +59,13 @@ SENDS_PER_SECOND = 2000
 # Nor does a round start while more than a tenth of the sessions told by the last ones have
 # not pulled yet (their streams are behind: the loop is busy), for up to this long.
 BACKLOG_WAIT = 1.0
+# Nor before what was pulled so far has drained at this many bytes per second. The states
+# themselves are the bulk of what a manager sends: a deploy of 10,000 tasks on two overlays
+# to 1,000 nodes is a gigabyte (each node learns every endpoint). Unpaced, gRPC took it as
+# fast as it was pulled, the manager stopped hearing heartbeats under it, marked nine nodes
+# in ten DOWN and never converged (bench/scale.py). Paced, the nodes learn of the new
+# endpoints later, in bigger deltas; the total is about the same.
+BYTES_PER_SECOND = 32 << 20
 KINDS = {"node", "service", "task", "network"}
 
 
@@ -70,9 +78,11 @@ class _Target:
 
 
 class NetworkPush:
-    def __init__(self, store: Store, interval: float = INTERVAL) -> None:
+    def __init__(self, store: Store, interval: float = INTERVAL,
+                 bytes_per_second: float = BYTES_PER_SECOND) -> None:
         self.store = store
         self.interval = interval
+        self.bytes_per_second = bytes_per_second
         self.model = NetworkModel()
         self._targets: dict[str, _Target] = {}
         self._dirty = Dirty()
@@ -80,6 +90,7 @@ class NetworkPush:
         self._task: asyncio.Task[None] | None = None
         self._pending = 0                  # sessions told, not pulled since
         self._caught_up = asyncio.Event()  # set when few are
+        self._drained_at = 0.0  # loop time when what was pulled so far has drained
         self.rounds = 0
 
     def add(self, key: str, node_id: str, notify: Callable[[], None]) -> None:
@@ -111,6 +122,8 @@ class NetworkPush:
             metrics.add("netpush_whole_states" if self.model.whole_states > wholes
                         else "netpush_deltas")
             metrics.add("netpush_bytes", len(data))
+            now = asyncio.get_running_loop().time()
+            self._drained_at = max(self._drained_at, now) + len(data) / self.bytes_per_second
         return data
 
     # ---- rounds ----------------------------------------------------------------------------
@@ -147,7 +160,7 @@ class NetworkPush:
                 return
             if not self._dirty:
                 continue
-            delay = due - loop.time()
+            delay = max(due, self._drained_at) - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             if self._backlog():

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pyswarm.common.netdelta import NetworkView
 from pyswarm.manager.allocator import networks as nets
 from pyswarm.manager.dispatcher.netpush import NetworkPush, matters
@@ -155,6 +157,31 @@ def test_nodes_share_what_they_can_and_a_round_rebuilds_only_what_changed() -> N
         assert push.pull("again") is not None
         assert model.endpoint_builds == 3
         await push.stop()
+        await c.stop()
+
+    run(body)
+
+
+def test_a_round_waits_until_what_was_pulled_has_drained() -> None:
+    async def body() -> None:
+        c = await Cluster.start(nodes=2)
+        await c.deploy([service_spec("web", replicas=1, ports=((80, 0, INGRESS),))])
+        (web,) = await c.placed("s_web", 1)
+        await until(lambda: all(c.node(f"n{i}").attachments for i in (1, 2)), "ingress")
+        pushes = {rate: NetworkPush(c.store, interval=0.01, bytes_per_second=rate)
+                  for rate in (10.0, 1e9)}  # a whole state takes minutes / no time
+        told: dict[float, int] = {rate: 0 for rate in pushes}
+        for rate, push in pushes.items():
+            await push.start()
+            push.add("n1", "n1", lambda rate=rate: told.__setitem__(rate, told[rate] + 1))
+            assert push.pull("n1") is not None  # the whole state: the debt to drain
+        await c.write(lambda tx: tx.update(_state(tx.get("task", web.id),
+                                                  S.TASK_STATE_RUNNING)))
+        await until(lambda: told[1e9] == 1, "the unpaced push's round")
+        await asyncio.sleep(0.3)
+        assert told[10.0] == 0 and pushes[10.0].rounds == 0  # still draining
+        for push in pushes.values():
+            await push.stop()
         await c.stop()
 
     run(body)
