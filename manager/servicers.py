@@ -18,6 +18,7 @@ import grpc
 from pyswarm.common.errors import FailedPrecondition
 from pyswarm.common.rpc import user_errors
 from pyswarm.manager import control
+from pyswarm.manager.dispatcher.netpush import Serialized, serialize_session
 from pyswarm.manager.manager import Manager
 from pyswarm.manager.security import authz, ca
 from pyswarm.proto import ca_pb2, ca_pb2_grpc
@@ -220,13 +221,36 @@ class ControlServicer(cpb_grpc.ControlServicer):
                 p.cancel()
 
 
+def add_dispatcher(servicer: DispatcherServicer, server: grpc.aio.Server) -> None:
+    """The generated add_DispatcherServicer_to_server, but for Session's serializer, which
+    passes network states serialized already (netpush.Serialized) through."""
+    generic = cpb_grpc.DispatcherServicer
+    handlers = {
+        "Session": grpc.unary_stream_rpc_method_handler(
+            servicer.Session, request_deserializer=cpb.SessionRequest.FromString,
+            response_serializer=serialize_session),
+        "Heartbeat": grpc.unary_unary_rpc_method_handler(
+            servicer.Heartbeat, request_deserializer=cpb.HeartbeatRequest.FromString,
+            response_serializer=cpb.HeartbeatResponse.SerializeToString),
+        "UpdateTaskStatus": grpc.unary_unary_rpc_method_handler(
+            servicer.UpdateTaskStatus,
+            request_deserializer=cpb.UpdateTaskStatusRequest.FromString,
+            response_serializer=cpb.UpdateTaskStatusResponse.SerializeToString),
+    }
+    missing = {n for n in dir(generic) if n[:1].isupper()} - set(handlers)
+    assert not missing, f"Dispatcher methods not registered: {missing}"
+    name = cpb.DESCRIPTOR.services_by_name["Dispatcher"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+
+
 class DispatcherServicer(cpb_grpc.DispatcherServicer):
     def __init__(self, host: ManagerHost) -> None:
         self.host = host
 
     @user_errors
     async def Session(self, request: cpb.SessionRequest,
-                      context: Any) -> AsyncIterator[cpb.SessionMessage]:
+                      context: Any) -> AsyncIterator[cpb.SessionMessage | Serialized]:
         async for message in _manager(self.host).dispatcher.session(request):
             yield message
 

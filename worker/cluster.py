@@ -227,12 +227,13 @@ class ClusterHost:
             ControlServicer,
             DispatcherServicer,
             NodeCAServicer,
+            add_dispatcher,
         )
         from pyswarm.proto import ca_pb2_grpc, cluster_pb2_grpc
 
         def add_servicers(server: grpc.aio.Server) -> None:
             cluster_pb2_grpc.add_ControlServicer_to_server(ControlServicer(self), server)
-            cluster_pb2_grpc.add_DispatcherServicer_to_server(DispatcherServicer(self), server)
+            add_dispatcher(DispatcherServicer(self), server)
             ca_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self), server)
             health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
 

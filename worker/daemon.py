@@ -67,7 +67,7 @@ async def serve(cfg: EngineConfig, runtime: object, cgroup_driver: str) -> None:
     for cid in running:
         watcher.watch(cid)
 
-    from pyswarm.manager.servicers import ControlServicer, DispatcherServicer
+    from pyswarm.manager.servicers import ControlServicer, DispatcherServicer, add_dispatcher
     from pyswarm.proto import cluster_pb2_grpc
     from pyswarm.worker.cluster import ClusterHost
 
@@ -76,7 +76,7 @@ async def serve(cfg: EngineConfig, runtime: object, cgroup_driver: str) -> None:
     engine_pb2_grpc.add_EngineServicer_to_server(
         EngineServicer(engine, watcher, cgroup_driver), server)
     cluster_pb2_grpc.add_ControlServicer_to_server(ControlServicer(host), server)
-    cluster_pb2_grpc.add_DispatcherServicer_to_server(DispatcherServicer(host), server)
+    add_dispatcher(DispatcherServicer(host), server)
     sock = cfg.socket_path
     sock.unlink(missing_ok=True)
     old_umask = os.umask(0o177)  # the socket is born root-only: no window where others connect

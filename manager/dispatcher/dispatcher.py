@@ -35,7 +35,7 @@ from pyswarm.common import taskstate
 from pyswarm.common.errors import NotFound
 from pyswarm.manager.config import ManagerConfig
 from pyswarm.manager.dispatcher import assignments as asg
-from pyswarm.manager.dispatcher.netpush import NetworkPush, session_message
+from pyswarm.manager.dispatcher.netpush import NetworkPush, Serialized, session_message
 from pyswarm.manager.dispatcher.probe import IngressProbe
 from pyswarm.manager.store import Event, Store, Watch, WriteTx
 from pyswarm.proto import cluster_pb2 as cpb
@@ -51,7 +51,7 @@ STALL_TOLERANCE = 0.05
 class _Session:
     id: str
     node_id: str
-    queue: asyncio.Queue[cpb.SessionMessage | bool | None] = field(
+    queue: asyncio.Queue[cpb.SessionMessage | Serialized | bool | None] = field(
         default_factory=asyncio.Queue)
     # What the node was last sent: task id -> fingerprint (assignments.diff).
     sent: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -121,7 +121,10 @@ class Dispatcher:
 
     # ---- sessions ------------------------------------------------------------------------
 
-    async def session(self, request: cpb.SessionRequest) -> AsyncIterator[cpb.SessionMessage]:
+    async def session(self, request: cpb.SessionRequest
+                      ) -> AsyncIterator[cpb.SessionMessage | Serialized]:
+        """The node's session: its messages, network states among them already serialized
+        (netpush.Serialized)."""
         node_id = request.node_id
         if not node_id:
             raise NotFound("a session needs the node's id")
@@ -152,7 +155,7 @@ class Dispatcher:
                     if state is None:
                         continue  # nothing changed for this node
                     item = session_message(session.id, self.period_ms, state)
-                assert isinstance(item, cpb.SessionMessage)
+                assert isinstance(item, cpb.SessionMessage | Serialized)
                 yield item
         finally:
             self.network.remove(session.id)

@@ -216,14 +216,33 @@ class NetworkPush:
                 target.notify()
 
 
-def session_message(session_id: str, period_ms: int, state: bytes) -> cpb.SessionMessage:
-    """A SessionMessage carrying a serialized NetworkState, parsed once: building it from a
-    NetworkState object would copy the state again (a whole one is a megabyte at 10,000
-    tasks)."""
+@dataclass(frozen=True)
+class Serialized:
+    """A SessionMessage, serialized already: a NetworkState is built serialized (a whole one
+    is a megabyte at 10,000 tasks), and parsing it into a message only for gRPC to
+    serialize it again cost the manager's loop as much as building it and held three
+    copies per session. The Dispatcher service's Session serializer (servicers.py) passes
+    these through."""
+
+    data: bytes
+
+    def parse(self) -> cpb.SessionMessage:
+        return cpb.SessionMessage.FromString(self.data)
+
+
+def serialize_session(message: cpb.SessionMessage | Serialized) -> bytes:
+    """The Session stream's response serializer."""
+    if isinstance(message, Serialized):
+        return message.data
+    return message.SerializeToString()
+
+
+def session_message(session_id: str, period_ms: int, state: bytes) -> Serialized:
+    """A SessionMessage carrying a serialized NetworkState, with an empty INCREMENTAL
+    assignments (see the module's policy), serialized."""
     head = cpb.SessionMessage(session_id=session_id, heartbeat_period_ms=period_ms,
                               assignments=cpb.Assignments(type=cpb.Assignments.INCREMENTAL))
-    return cpb.SessionMessage.FromString(
-        head.SerializeToString() + _NETWORK_TAG + varint(len(state)) + state)
+    return Serialized(head.SerializeToString() + _NETWORK_TAG + varint(len(state)) + state)
 
 
 # SessionMessage.network: field 4, length-delimited.

@@ -11,6 +11,7 @@ from pyswarm.common.errors import NotFound
 from pyswarm.manager.allocator import networks as nets
 from pyswarm.manager.config import ManagerConfig
 from pyswarm.manager.dispatcher.dispatcher import Dispatcher
+from pyswarm.manager.dispatcher.netpush import Serialized
 from pyswarm.manager.store import MemoryBackend, Store
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
@@ -38,10 +39,17 @@ def run(body: Any) -> None:
     asyncio.run(asyncio.wait_for(body, 10))
 
 
+async def next_message(stream: Any) -> cpb.SessionMessage:
+    """The session's next message, as the node receives it (network states come out of the
+    dispatcher serialized already: netpush.Serialized)."""
+    message = await anext(stream)
+    return message.parse() if isinstance(message, Serialized) else message
+
+
 async def next_assignments(stream: Any) -> cpb.SessionMessage:
     """The next message about assignments (NetworkState messages are skipped)."""
     while True:
-        message = await anext(stream)
+        message = await next_message(stream)
         if not message.HasField("network"):
             return message
 
@@ -128,7 +136,7 @@ def test_status_updates_move_forward_only_and_only_for_the_nodes_own_tasks() -> 
 async def next_network(stream: Any) -> cpb.SessionMessage:
     """The next message carrying a NetworkState (assignment messages are skipped)."""
     while True:
-        message = await anext(stream)
+        message = await next_message(stream)
         if message.HasField("network"):
             return message
 
@@ -144,7 +152,7 @@ def test_network_state_follows_the_complete_assignments_and_each_change() -> Non
         first = await anext(stream)
         assert first.assignments.type == cpb.Assignments.COMPLETE
         assert not first.HasField("network")
-        second = await anext(stream)
+        second = await next_message(stream)
         assert second.HasField("network") and second.session_id == first.session_id
         # An agent that applies `assignments` unconditionally must see no change.
         assert second.assignments.type == cpb.Assignments.INCREMENTAL
