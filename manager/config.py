@@ -34,6 +34,15 @@ class ManagerConfig:
     mass_failure_fraction: float = 0.5
     mass_failure_min: int = 10
     mass_failure_hold: float = 30.0
+    # A node marked DOWN that opens a new session within false_down_window seconds was
+    # alive: the manager did not hear it in time (overloaded: a big deploy to a thousand
+    # nodes). Each such return doubles an extra wait before DOWN, up to
+    # false_down_max_extra seconds, and the extra halves after each false_down_window
+    # without one. Unchecked, every false DOWN moved the node's tasks and sent it a whole
+    # new state when it came back: more work for a manager already behind, and more false
+    # DOWNs (bench/scale.py at 1,000 nodes never converged).
+    false_down_window: float = 10.0
+    false_down_max_extra: float = 30.0
     # Ended tasks kept per slot (`service ps` history), Swarm's default.
     task_history_limit: int = 5
 

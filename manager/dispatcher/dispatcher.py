@@ -11,7 +11,9 @@ Policy:
   is written when it changes (READY on a session, DOWN when its heartbeats stop).
 - A node whose heartbeats stop for `heartbeat_misses` periods is DOWN; the orchestrator
   then replaces its tasks elsewhere at once. After a manager start every known node gets
-  `reconnect_grace` to come back before that happens.
+  `reconnect_grace` to come back before that happens. The wait grows by what the manager
+  itself takes to hear a heartbeat (probe.py), and after DOWNs that were false: nodes that
+  open a session again right after (ManagerConfig.false_down_*).
 - Status updates arrive in batches per node, and the batches of all nodes are written
   together (group commit: while one commit is in flight the next requests gather, and go
   in one transaction when it ends). An update that would move a task backwards is refused
@@ -76,6 +78,9 @@ class Dispatcher:
         self._removal_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._downs: collections.deque[float] = collections.deque()  # recent DOWN marks
         self._held_since: dict[str, float] = {}  # nodes held by _hold_mass_failure
+        self._marked_down: dict[str, float] = {}  # node -> when it was marked DOWN (recent)
+        self._extra = 0.0          # seconds added before DOWN after false ones (config)
+        self._extra_since = 0.0    # when the extra last grew or shrank
         self._holding = False
         # Status batches waiting for the next group commit, and whether one is running.
         self._statuses: list[tuple[str, list[cpb.TaskStatusUpdate],
@@ -128,6 +133,7 @@ class Dispatcher:
         node_id = request.node_id
         if not node_id:
             raise NotFound("a session needs the node's id")
+        self._came_back(node_id)
         await self.store.update(lambda tx: self._register(tx, request), retries=5)
         session = _Session(secrets.token_hex(8), node_id)
         old = self._sessions.get(node_id)
@@ -256,7 +262,7 @@ class Dispatcher:
             # Wake when the first node is due (not on a fixed tick, which added up to half a
             # period to every failure's detection), and at least every half period.
             due = (min(self._last_beat.values(), default=time.monotonic())
-                   + self.cfg.down_after + self.ingress_lag())
+                   + self.cfg.down_after + self.ingress_lag() + self._extra)
             nap = min(max(due - time.monotonic(), 0.01), self.cfg.heartbeat_period / 2)
             before = time.monotonic()
             await asyncio.sleep(nap)
@@ -274,12 +280,13 @@ class Dispatcher:
             # nobody is DOWN for what is still in its own queues.
             lag = self.ingress_lag()
             self.store.metrics.peak("dispatcher_ingress_lag_seconds", lag)
-            dead = [n for n, t in self._last_beat.items()
-                    if now - t > self.cfg.down_after + lag]
+            wait = self.cfg.down_after + lag + self._current_extra(now)
+            dead = [n for n, t in self._last_beat.items() if now - t > wait]
             dead = self._hold_mass_failure(dead, now)
             if not dead:
                 continue
             self._downs.extend(now for _ in dead)
+            self._marked_down.update((n, now) for n in dead)
             for node_id in dead:
                 self._held_since.pop(node_id, None)
                 del self._last_beat[node_id]
@@ -288,6 +295,36 @@ class Dispatcher:
                     session.queue.put_nowait(None)
             # (batch: more nodes than one etcd transaction holds may go down at once)
             await self.store.batch(lambda tx, dead=dead: _mark_down(tx, dead), retries=5)
+
+    def _came_back(self, node_id: str) -> None:
+        """A session opened: if the node was marked DOWN moments ago, that was a false DOWN,
+        and the manager waits longer before the next (ManagerConfig.false_down_*)."""
+        now = time.monotonic()
+        window = self.cfg.false_down_window
+        for n, t in list(self._marked_down.items()):
+            if now - t > window:
+                del self._marked_down[n]
+        if self._marked_down.pop(node_id, None) is None:
+            return
+        self._current_extra(now)
+        grown = min(max(2 * self._extra, self.cfg.heartbeat_period),
+                    self.cfg.false_down_max_extra)
+        if grown > self._extra:
+            if self._extra == 0:
+                print(f"pyswarm manager: node {node_id} was marked down but is back at once; "
+                      f"waiting longer before marking nodes down (is this manager "
+                      f"overloaded?)", flush=True)
+            self._extra = grown
+            self.store.metrics.peak("dispatcher_false_down_extra_seconds", grown)
+        self._extra_since = now
+        self.store.metrics.add("dispatcher_false_downs")
+
+    def _current_extra(self, now: float) -> float:
+        """The extra wait before DOWN now: halved for each quiet window since it changed."""
+        while self._extra and now - self._extra_since > self.cfg.false_down_window:
+            self._extra = self._extra / 2 if self._extra / 2 >= self.cfg.heartbeat_period else 0.0
+            self._extra_since += self.cfg.false_down_window
+        return self._extra
 
     def _hold_mass_failure(self, dead: list[str], now: float) -> list[str]:
         """The nodes to mark DOWN now: all of `dead`, unless too many nodes fail at once

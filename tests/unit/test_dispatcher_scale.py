@@ -208,3 +208,40 @@ def test_heartbeats_still_queued_in_an_overloaded_manager_do_not_mark_nodes_down
         await d.stop()
 
     run(body())
+
+
+def test_a_node_back_right_after_its_down_makes_the_manager_wait_longer() -> None:
+    from dataclasses import replace
+
+    cfg = replace(FAST, false_down_window=0.5, false_down_max_extra=10 * FAST.down_after)
+
+    async def body() -> None:
+        store = await Store.open(MemoryBackend())
+        d = Dispatcher(store, cfg, set())
+        await d.start()
+
+        async def silent_until_down() -> float:
+            """Open a session, say nothing: seconds until the node is marked DOWN."""
+            stream = d.session(cpb.SessionRequest(node_id="n0"))
+            await anext(stream)
+            started = time.monotonic()
+            while store.view().get("node", "n0").status.state != opb.NODE_STATE_DOWN:
+                await asyncio.sleep(0.01)
+            await stream.aclose()
+            return time.monotonic() - started
+
+        await silent_until_down()  # a real failure: nothing to learn from it
+        assert "dispatcher_false_downs" not in store.metrics.snapshot()
+        # The node is back at once: it was alive, the manager did not hear it. The next
+        # DOWN comes later, and later again after each such return.
+        await silent_until_down()
+        assert store.metrics.snapshot()["dispatcher_false_downs"] == 1
+        assert d._extra == cfg.heartbeat_period
+        await silent_until_down()
+        assert d._extra == 2 * cfg.heartbeat_period
+        # Quiet for a while: the extra wait goes again.
+        await asyncio.sleep(3 * cfg.false_down_window)
+        assert d._current_extra(time.monotonic()) == 0
+        await d.stop()
+
+    run(body())
