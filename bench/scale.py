@@ -74,10 +74,10 @@ def manager_pids(pid: int) -> list[int]:
     return [pid, *router_pids(pid)]
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the daemon and its router."""
+def cpu_seconds(pid: int, alone: bool = False) -> float:
+    """utime + stime of the daemon and its router (or of `pid` alone)."""
     total = 0.0
-    for p in manager_pids(pid):
+    for p in [pid] if alone else manager_pids(pid):
         fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
         total += (int(fields[11]) + int(fields[12])) / TICK
     return total
@@ -300,9 +300,13 @@ async def run_one(store: str, nodes: int, tasks: int, args: argparse.Namespace,
         log(f"{label}: measuring the manager at rest for {args.rest:g} s")
         profiler.start("rest")
         beats_before = fleet.stats.heartbeats
+        routers = router_pids(pid)
+        router_before = sum(cpu_seconds(r, alone=True) for r in routers)
         cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
         await asyncio.sleep(args.rest)
-        cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - wall_before)
+        wall = time.monotonic() - wall_before
+        cpu = (cpu_seconds(pid) - cpu_before) / wall
+        router_cpu = (sum(cpu_seconds(r, alone=True) for r in routers) - router_before) / wall
         beats = (fleet.stats.heartbeats - beats_before) / args.rest
         profiler.stop()
         rss, peak = memory_mb(pid)
@@ -310,6 +314,7 @@ async def run_one(store: str, nodes: int, tasks: int, args: argparse.Namespace,
             out[f"{label}_router_rss_mb"], out[f"{label}_router_peak_rss_mb"] = (
                 round(x, 1) for x in memory_mb(p, alone=True))
         out[f"{label}_rest_cpu_cores"] = round(cpu, 3)
+        out[f"{label}_rest_router_cpu_cores"] = round(router_cpu, 3)  # included above
         out[f"{label}_rest_heartbeats_per_s"] = round(beats, 1)
         out[f"{label}_rss_mb"] = round(rss, 1)
         out[f"{label}_peak_rss_mb"] = round(peak, 1)

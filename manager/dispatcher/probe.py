@@ -4,12 +4,13 @@ inside the manager to its public TLS port.
 A heartbeat crosses the port's router, TLS, gRPC's completion queue and the event loop
 before the dispatcher sees it. When the manager is overloaded (a big deploy on a thousand
 nodes), heartbeats wait in those queues, not in the dispatcher: the liveness loop's own
-timer is on time, so the loop's lateness alone does not show it, and healthy nodes would be
-marked DOWN, their tasks moved, and the extra work would overload the manager further
-(the collapse bench/scale.py showed at 300 nodes under a profiler). The probe takes the same
-path as a heartbeat (the standard grpc.health.v1 Check, with this manager's own node
-certificate), so its round trip is the delay a heartbeat sees now. The dispatcher waits
-that much longer before it marks a node DOWN (Dispatcher._watch_liveness).
+timer can be on time while they wait, so the loop's lateness alone does not show it, and
+healthy nodes would be marked DOWN, their tasks moved, and the extra work would overload
+the manager further. The probe takes the same path as a heartbeat (the standard
+grpc.health.v1 Check, with this manager's own node certificate), so its round trip is
+what a heartbeat waits now for the manager as a whole; the dispatcher waits that much
+longer before it marks a node DOWN (Dispatcher._watch_liveness). What it cannot see is a
+delay on one node's connection alone; the dispatcher's false-DOWN backoff covers that.
 
 `lag()` is the larger of the last round trip and the age of the probe in flight: while the
 manager is stuck, the lag grows with it and no node is marked DOWN meanwhile.
