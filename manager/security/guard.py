@@ -86,6 +86,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         manager = self._manager()
         assert manager is not None
         gone = asyncio.create_task(manager.dispatcher.removed(node_id))
+        step: asyncio.Future[Any] | None = None
         try:
             while True:
                 step = asyncio.ensure_future(anext(items))
@@ -105,6 +106,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             gone.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await gone
+            if step is not None:
+                # The stream ended (the node went) while a message was awaited: that
+                # step ends here, and its outcome is retrieved, not left to the loop.
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration,
+                                         Exception):
+                    await step
             aclose = getattr(items, "aclose", None)
             if aclose is not None:
                 await aclose()
