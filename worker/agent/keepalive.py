@@ -132,6 +132,7 @@ async def send_heartbeats(stub: Any, node_id: str, session_id: str,
     failure: asyncio.Future[None] = loop.create_future()
     calls: set[asyncio.Task[cpb.HeartbeatResponse]] = set()
     last_answer = time.monotonic()
+    ended = False
 
     def done(call: asyncio.Task[cpb.HeartbeatResponse]) -> None:
         nonlocal last_answer
@@ -139,7 +140,7 @@ async def send_heartbeats(stub: Any, node_id: str, session_id: str,
         if call.cancelled():
             return
         exc = call.exception()  # retrieved even when the session is already ending
-        if failure.done():
+        if ended or failure.done():
             return
         if exc is None:
             last_answer = time.monotonic()
@@ -162,6 +163,7 @@ async def send_heartbeats(stub: Any, node_id: str, session_id: str,
             calls.add(call)
             call.add_done_callback(done)
     finally:
+        ended = True  # calls cancelled below may still end in errors: they no longer count
         for call in list(calls):
             call.cancel()
         if failure.done() and not failure.cancelled():
