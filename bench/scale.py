@@ -68,25 +68,19 @@ def free_port() -> int:
 # ---- the manager process ---------------------------------------------------------------
 
 
-def manager_pids(pid: int) -> list[int]:
-    """The daemon and the router of its TLS port (a process of its own): what the manager
-    costs is what both cost."""
-    return [pid, *router_pids(pid)]
-
-
-def cpu_seconds(pid: int, alone: bool = False) -> float:
-    """utime + stime of the daemon and its router (or of `pid` alone)."""
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes, together."""
     total = 0.0
-    for p in [pid] if alone else manager_pids(pid):
+    for p in pids:
         fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
         total += (int(fields[11]) + int(fields[12])) / TICK
     return total
 
 
-def memory_mb(pid: int, alone: bool = False) -> tuple[float, float]:
-    """(VmRSS, VmHWM) in MB, summed over the daemon and its router (or of `pid` alone)."""
+def memory_mb(pids: list[int]) -> tuple[float, float]:
+    """(VmRSS, VmHWM) in MB of these processes, summed."""
     rss = hwm = 0.0
-    for p in [pid] if alone else manager_pids(pid):
+    for p in pids:
         for line in Path(f"/proc/{p}/status").read_text().splitlines():
             key, _, rest = line.partition(":")
             if key == "VmRSS":
@@ -300,19 +294,21 @@ async def run_one(store: str, nodes: int, tasks: int, args: argparse.Namespace,
         log(f"{label}: measuring the manager at rest for {args.rest:g} s")
         profiler.start("rest")
         beats_before = fleet.stats.heartbeats
+        # What the manager costs is its daemon's and its port router's (a process of its own).
         routers = router_pids(pid)
-        router_before = sum(cpu_seconds(r, alone=True) for r in routers)
-        cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
+        manager = [pid, *routers]
+        router_before = cpu_seconds(routers)
+        cpu_before, wall_before = cpu_seconds(manager), time.monotonic()
         await asyncio.sleep(args.rest)
         wall = time.monotonic() - wall_before
-        cpu = (cpu_seconds(pid) - cpu_before) / wall
-        router_cpu = (sum(cpu_seconds(r, alone=True) for r in routers) - router_before) / wall
+        cpu = (cpu_seconds(manager) - cpu_before) / wall
+        router_cpu = (cpu_seconds(routers) - router_before) / wall
         beats = (fleet.stats.heartbeats - beats_before) / args.rest
         profiler.stop()
-        rss, peak = memory_mb(pid)
-        for p in router_pids(pid):
-            out[f"{label}_router_rss_mb"], out[f"{label}_router_peak_rss_mb"] = (
-                round(x, 1) for x in memory_mb(p, alone=True))
+        rss, peak = memory_mb(manager)
+        router_rss, router_peak = memory_mb(routers)
+        out[f"{label}_router_rss_mb"] = round(router_rss, 1)
+        out[f"{label}_router_peak_rss_mb"] = round(router_peak, 1)
         out[f"{label}_rest_cpu_cores"] = round(cpu, 3)
         out[f"{label}_rest_router_cpu_cores"] = round(router_cpu, 3)  # included above
         out[f"{label}_rest_heartbeats_per_s"] = round(beats, 1)

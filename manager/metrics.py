@@ -2,7 +2,7 @@
 
 One `Metrics` per manager, passed to the loops that count; `Control.Info` returns a copy
 (`InfoResponse.metrics`), which is what `bench/scale.py` reads before and after each phase.
-Names (totals since the manager started, but for the one peak):
+Names (totals since the manager started, but for the peaks, marked so):
 
     scheduler_passes, scheduler_placed      scheduling passes, tasks assigned to nodes
     scheduler_seconds                       time spent planning and committing passes
@@ -13,9 +13,14 @@ Names (totals since the manager started, but for the one peak):
     dispatcher_status_commits               commits those took (batched across nodes)
     dispatcher_stall_seconds                time the manager's loop was stalled, given back
                                             to heartbeat deadlines
-    dispatcher_ingress_lag_seconds          the longest a heartbeat took to reach the
+    dispatcher_ingress_lag_seconds          peak: the longest a heartbeat took to reach the
                                             dispatcher, as the manager's probe of itself
-                                            measured it (a peak, not a total; probe.py)
+                                            measured it (probe.py)
+    dispatcher_heartbeat_gap_seconds        peak: the longest between two heartbeats of a
+                                            node, as the dispatcher heard them
+    dispatcher_false_downs                  nodes back with a session right after their
+                                            DOWN (ManagerConfig.false_down_*)
+    dispatcher_false_down_extra_seconds     peak: the extra wait before DOWN they caused
     dispatcher_mass_failure_holds           nodes given another period because too many
                                             failed at once (ManagerConfig.mass_failure_*)
     netpush_*                               NetworkState rounds, whole states and deltas

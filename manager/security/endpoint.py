@@ -112,10 +112,6 @@ class TLSEndpoint:
         self._server: grpc.aio.Server | None = None
         self._router: asyncio.subprocess.Process | None = None
 
-    @property
-    def router_pid(self) -> int | None:
-        return self._router.pid if self._router is not None else None
-
     async def start(self) -> None:
         """Bind and serve; OSError (e.g. the address is in use) leaves nothing running."""
         server = grpc.aio.server(interceptors=[self._interceptor])

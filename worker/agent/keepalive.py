@@ -50,18 +50,16 @@ GIVE_UP_PERIODS = 10  # heartbeat periods without an answer before the session i
 REPORT_BATCH = 0.02  # seconds: status changes within this window go in one request
 
 
-async def retrying(send: Callable[[], Awaitable[T]], give_up_after: float | None = None) -> T:
-    """send()'s answer, sending again while it fails with a code in RETRY (and, with
-    give_up_after, until that many seconds have passed: then its last error)."""
+async def retrying(send: Callable[[], Awaitable[T]]) -> T:
+    """send()'s answer, sending again while it fails with a code in RETRY."""
     pause = RETRY_MIN
-    deadline = None if give_up_after is None else time.monotonic() + give_up_after
     while True:
         try:
             return await send()
         except grpc.aio.AioRpcError as exc:
             if _cancelled():
                 raise asyncio.CancelledError from exc  # not the call's failure: ours
-            if exc.code() not in RETRY or (deadline is not None and time.monotonic() > deadline):
+            if exc.code() not in RETRY:
                 raise
         await asyncio.sleep(pause)
         pause = min(pause * 2, RETRY_MAX)
