@@ -57,10 +57,18 @@ def explain(exc: Exception) -> CLIError:
 
     if isinstance(exc, grpc.RpcError):
         code = exc.code()
-        if code == grpc.StatusCode.UNAVAILABLE:
+        if code == grpc.StatusCode.UNAVAILABLE and _transport_failure(exc.details() or ""):
             return _not_running()
         return CLIError(f"Error response from daemon: {exc.details()}")
     return CLIError(str(exc))
+
+
+def _transport_failure(details: str) -> bool:
+    """UNAVAILABLE from the connection itself (no daemon), not a daemon's own answer (a
+    manager that lost its leadership mid-request says so, and that the request may be
+    retried)."""
+    return any(s in details for s in ("failed to connect", "Socket closed", "Connection reset",
+                                      "connections to all backends failing", "Broken pipe"))
 
 
 def control() -> Any:

@@ -33,3 +33,8 @@ class RuntimeFailure(PyswarmError):
 
 class FailedPrecondition(PyswarmError):
     """The request is fine but the system is not in a state to do it (not a manager...)."""
+
+
+class Unavailable(PyswarmError):
+    """The request could not be served now, and nothing of it was applied: retry it (a
+    manager lost its leadership mid-request, or cannot reach its store)."""

@@ -19,6 +19,7 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.CorruptData, grpc.StatusCode.DATA_LOSS),
     (errors.RuntimeFailure, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
 

@@ -10,6 +10,7 @@ certificate first.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -18,9 +19,11 @@ import grpc
 from pyswarm.common.errors import FailedPrecondition
 from pyswarm.common.rpc import user_errors
 from pyswarm.manager import control
+from pyswarm.manager.dispatcher.dispatcher import Dispatcher
 from pyswarm.manager.dispatcher.netpush import Serialized, serialize_session
 from pyswarm.manager.manager import Manager
 from pyswarm.manager.security import authz, ca
+from pyswarm.manager.store.errors import NotLeader
 from pyswarm.proto import ca_pb2, ca_pb2_grpc
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
@@ -113,9 +116,11 @@ class ControlServicer(cpb_grpc.ControlServicer):
         out = []
         for node in nodes:
             node = control.copy(node)
-            if node.role == opb.NODE_ROLE_MANAGER and node.id == m.identity.node_id:
-                node.manager_status.leader = True
-                node.manager_status.reachability = "reachable"
+            if node.role == opb.NODE_ROLE_MANAGER:
+                status = m.terms.status_of(node.id)
+                node.manager_status.leader = status.leader
+                node.manager_status.reachability = status.reachability
+                node.manager_status.addr = status.addr
             out.append(node)
         return cpb.ListNodesResponse(nodes=out)
 
@@ -244,26 +249,72 @@ def add_dispatcher(servicer: DispatcherServicer, server: grpc.aio.Server) -> Non
     server.add_registered_method_handlers(name, handlers)
 
 
+LEADER_KEY = "pyswarm-leader"  # trailing metadata of a follower's refusal: where to go
+
+
+def _dispatcher(host: ManagerHost) -> Dispatcher:
+    """The leader's dispatcher; on a follower, NotLeader naming the leader."""
+    m = _manager(host)
+    if m.dispatcher is None:
+        leader = m.terms.leader_addr()
+        raise NotLeader("this manager is not the leader"
+                        + (f"; the leader is at {leader}" if leader else
+                           "; the managers are electing one, retry in a few seconds"))
+    return m.dispatcher
+
+
+def _redirects(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A follower refuses dispatcher calls with UNAVAILABLE, and the leader's address in
+    the trailing metadata: the node's agent goes there (worker/agent/remotes.py)."""
+
+    async def abort(host: ManagerHost, context: Any, exc: NotLeader) -> None:
+        m = host.manager
+        leader = m.terms.leader_addr() if m is not None else ""
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc),
+                            trailing_metadata=((LEADER_KEY, leader),) if leader else ())
+
+    if inspect.isasyncgenfunction(method):
+        async def streaming(self: Any, request: Any, context: Any) -> Any:
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except NotLeader as exc:
+                await abort(self.host, context, exc)
+
+        streaming.__name__ = method.__name__
+        return streaming
+
+    async def unary(self: Any, request: Any, context: Any) -> Any:
+        try:
+            return await method(self, request, context)
+        except NotLeader as exc:
+            await abort(self.host, context, exc)
+
+    unary.__name__ = method.__name__
+    return unary
+
+
 class DispatcherServicer(cpb_grpc.DispatcherServicer):
     def __init__(self, host: ManagerHost) -> None:
         self.host = host
 
     @user_errors
+    @_redirects
     async def Session(self, request: cpb.SessionRequest,
                       context: Any) -> AsyncIterator[cpb.SessionMessage | Serialized]:
-        async for message in _manager(self.host).dispatcher.session(request):
+        async for message in _dispatcher(self.host).session(request):
             yield message
 
     @user_errors
+    @_redirects
     async def Heartbeat(self, request: cpb.HeartbeatRequest, context: Any) -> cpb.HeartbeatResponse:
-        return _manager(self.host).dispatcher.heartbeat(request)
+        return _dispatcher(self.host).heartbeat(request)
 
     @user_errors
+    @_redirects
     async def UpdateTaskStatus(self, request: cpb.UpdateTaskStatusRequest,
                                context: Any) -> cpb.UpdateTaskStatusResponse:
-        return await _manager(self.host).dispatcher.update_task_status(request)
-
-
+        return await _dispatcher(self.host).update_task_status(request)
 
 
 def _denials(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -311,4 +362,5 @@ class NodeCAServicer(ca_pb2_grpc.NodeCAServicer):
         view = m.store.view()
         return ca_pb2.IssueNodeCertificateResponse(
             node_id=node.id, role=ca.ROLE_NAMES[node.role], certificate=cert,
-            root_ca=ca.cluster_of(view).root_ca.ca_cert, cluster_id=m.identity.cluster_id)
+            root_ca=ca.cluster_of(view).root_ca.ca_cert, cluster_id=m.identity.cluster_id,
+            store_url=m.identity.store_url if node.role == opb.NODE_ROLE_MANAGER else "")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x08\x63\x61.proto\x12\rpyswarm.ca.v1\"\x1d\n\x1bGetRootCACertificateRequest\"3\n\x1cGetRootCACertificateResponse\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c\"K\n\x1bIssueNodeCertificateRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\"w\n\x1cIssueNodeCertificateResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\x12\x0f\n\x07root_ca\x18\x04 \x01(\x0c\x12\x12\n\ncluster_id\x18\x05 \x01(\t2\xea\x01\n\x06NodeCA\x12o\n\x14GetRootCACertificate\x12*.pyswarm.ca.v1.GetRootCACertificateRequest\x1a+.pyswarm.ca.v1.GetRootCACertificateResponse\x12o\n\x14IssueNodeCertificate\x12*.pyswarm.ca.v1.IssueNodeCertificateRequest\x1a+.pyswarm.ca.v1.IssueNodeCertificateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x08\x63\x61.proto\x12\rpyswarm.ca.v1\"\x1d\n\x1bGetRootCACertificateRequest\"3\n\x1cGetRootCACertificateResponse\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c\"K\n\x1bIssueNodeCertificateRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\"\x8a\x01\n\x1cIssueNodeCertificateResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\x12\x0f\n\x07root_ca\x18\x04 \x01(\x0c\x12\x12\n\ncluster_id\x18\x05 \x01(\t\x12\x11\n\tstore_url\x18\x06 \x01(\t2\xea\x01\n\x06NodeCA\x12o\n\x14GetRootCACertificate\x12*.pyswarm.ca.v1.GetRootCACertificateRequest\x1a+.pyswarm.ca.v1.GetRootCACertificateResponse\x12o\n\x14IssueNodeCertificate\x12*.pyswarm.ca.v1.IssueNodeCertificateRequest\x1a+.pyswarm.ca.v1.IssueNodeCertificateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETROOTCACERTIFICATERESPONSE']._serialized_end=109
   _globals['_ISSUENODECERTIFICATEREQUEST']._serialized_start=111
   _globals['_ISSUENODECERTIFICATEREQUEST']._serialized_end=186
-  _globals['_ISSUENODECERTIFICATERESPONSE']._serialized_start=188
-  _globals['_ISSUENODECERTIFICATERESPONSE']._serialized_end=307
-  _globals['_NODECA']._serialized_start=310
-  _globals['_NODECA']._serialized_end=544
+  _globals['_ISSUENODECERTIFICATERESPONSE']._serialized_start=189
+  _globals['_ISSUENODECERTIFICATERESPONSE']._serialized_end=327
+  _globals['_NODECA']._serialized_start=330
+  _globals['_NODECA']._serialized_end=564
 # @@protoc_insertion_point(module_scope)

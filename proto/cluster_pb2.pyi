@@ -302,16 +302,18 @@ class Assignments(_message.Message):
     def __init__(self, type: _Optional[_Union[Assignments.Type, str]] = ..., update: _Optional[_Iterable[_Union[_objects_pb2.Task, _Mapping]]] = ..., remove: _Optional[_Iterable[str]] = ..., secrets: _Optional[_Iterable[_Union[_objects_pb2.Secret, _Mapping]]] = ..., configs: _Optional[_Iterable[_Union[_objects_pb2.Config, _Mapping]]] = ...) -> None: ...
 
 class SessionMessage(_message.Message):
-    __slots__ = ("session_id", "heartbeat_period_ms", "assignments", "network")
+    __slots__ = ("session_id", "heartbeat_period_ms", "assignments", "network", "managers")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
+    MANAGERS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     heartbeat_period_ms: int
     assignments: Assignments
     network: NetworkState
-    def __init__(self, session_id: _Optional[str] = ..., heartbeat_period_ms: _Optional[int] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., network: _Optional[_Union[NetworkState, _Mapping]] = ...) -> None: ...
+    managers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., heartbeat_period_ms: _Optional[int] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., network: _Optional[_Union[NetworkState, _Mapping]] = ..., managers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NetworkState(_message.Message):
     __slots__ = ("version", "peers", "networks", "node_attachments", "endpoints", "base_version", "removed_peers", "removed_networks", "removed_endpoints")

@@ -19,7 +19,7 @@ import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -35,11 +35,13 @@ from pyswarm.manager.security import ca
 from pyswarm.manager.security.endpoint import TLSEndpoint, format_addr, parse_listen_addr
 from pyswarm.manager.security.guard import AuthInterceptor
 from pyswarm.manager.store import WriteTx
+from pyswarm.proto import ca_pb2
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
 from pyswarm.worker import membership
 from pyswarm.worker.agent.agent import Agent, describe_node
 from pyswarm.worker.agent.lb_sync import LBSync
+from pyswarm.worker.agent.remotes import LOCAL, Remotes
 from pyswarm.worker.engine.core import Engine
 from pyswarm.worker.engine.logs import LogLine, LogReader
 from pyswarm.worker.engine.service import LOG_POLL, ExitWatcher
@@ -71,6 +73,11 @@ class ManagerEndpoint:
         except FileNotFoundError:
             return None
         return cls(data["listen_addr"], data["advertise_addr"])
+
+    def nodes_addr(self) -> str:
+        """ADDR:PORT where other nodes reach this manager."""
+        host, port = parse_listen_addr(self.listen_addr)
+        return format_addr(self.advertise_addr or host, port)
 
     def save(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -108,24 +115,20 @@ class ClusterHost:
 
     def manager_addr(self) -> str:
         """ADDR:PORT that `pyswarm join` is given for this manager."""
-        ep = self.manager_endpoint
-        if ep is None:
-            return ""
-        host, port = parse_listen_addr(ep.listen_addr)
-        return format_addr(ep.advertise_addr or host, port)
+        return self.manager_endpoint.nodes_addr() if self.manager_endpoint else ""
 
     # ---- boot ------------------------------------------------------------------------------
 
     async def boot(self) -> None:
         identity = ClusterIdentity.load(self.state_dir)
         if identity is not None:
-            await self._start_manager(identity)
-            assert self.manager is not None
-            await self.manager.store.update(lambda tx: _ensure_cluster(tx, identity.cluster_id),
-                                            retries=3)  # a cluster made before the CA existed
             endpoint = ManagerEndpoint.load(self.state_dir) or ManagerEndpoint(
                 f"0.0.0.0:{membership.DEFAULT_PORT}", membership.default_route_addr() or "")
             self.manager_endpoint = endpoint
+            await self._start_manager(identity, self.manager_addr())
+            assert self.manager is not None
+            await self.manager.store.update(lambda tx: _ensure_cluster(tx, identity.cluster_id),
+                                            retries=3)  # a cluster made before the CA existed
             self._certs = NodeCerts.load(self.cfg.root)
             if self._certs is None or self._certs.identity.cluster_id != identity.cluster_id:
                 self._certs = self._sign_own(identity)
@@ -135,7 +138,8 @@ class ClusterHost:
             except OSError as exc:
                 _log(f"cannot listen on {endpoint.listen_addr} ({exc.strerror or exc}): remote "
                      f"nodes cannot reach this manager until the daemon restarts")
-            self._start_agent(identity.node_id, self._local_channel, endpoint.advertise_addr)
+            self._start_agent(identity.node_id, self._manager_node_channel,
+                              endpoint.advertise_addr, self._manager_remotes())
         else:
             state, certs = JoinState.load(self.cfg.root), NodeCerts.load(self.cfg.root)
             if state is None or certs is None:
@@ -145,7 +149,7 @@ class ClusterHost:
                 return
             self.join_state, self._certs = state, certs
             self._start_agent(certs.identity.node_id, self._manager_channel,
-                              state.advertise_addr)
+                              state.advertise_addr, self._worker_remotes(state))
         self._renewals = asyncio.create_task(self._renew_loop(), name="certificate renewal")
 
     # ---- init ------------------------------------------------------------------------------
@@ -170,7 +174,9 @@ class ClusterHost:
                     raise InvalidArgument(NO_ADVERTISE)
             identity = ClusterIdentity(new_cluster_id(), self.node_id(), url)
             cluster = ca.new_cluster(identity.cluster_id)
-            await self._start_manager(identity)  # fails before anything is written
+            endpoint = ManagerEndpoint(format_addr(*listen), advertise)
+            # (fails before anything is written)
+            await self._start_manager(identity, endpoint.nodes_addr())
             assert self.manager is not None
             try:
                 self._certs = self._sign_own(identity, cluster)
@@ -180,7 +186,6 @@ class ClusterHost:
                     raise FailedPrecondition(
                         f"cannot listen on {format_addr(*listen)}: {exc.strerror or exc}; "
                         f"choose another address with --listen-addr") from None
-                endpoint = ManagerEndpoint(format_addr(*listen), advertise)
                 self._certs.save(self.cfg.root)
                 endpoint.save(self.state_dir)
                 await self.manager.store.update(lambda tx: ca.create_cluster(tx, cluster))
@@ -191,7 +196,8 @@ class ClusterHost:
                 raise
             self.manager_endpoint = endpoint
             identity.save(self.state_dir)  # last: it is what marks this node a manager
-            self._start_agent(identity.node_id, self._local_channel, advertise)
+            self._start_agent(identity.node_id, self._manager_node_channel, advertise,
+                              self._manager_remotes())
             self._renewals = asyncio.create_task(self._renew_loop(), name="certificate renewal")
             return cpb.InitResponse(node_id=identity.node_id, cluster_id=identity.cluster_id)
 
@@ -205,9 +211,10 @@ class ClusterHost:
         cert = root.sign_node(pki.make_csr(key), identity.node_id, "manager", cluster.id)
         return NodeCerts(pki.key_pem(key), cert, root.cert_pem)
 
-    async def _start_manager(self, identity: ClusterIdentity) -> None:
+    async def _start_manager(self, identity: ClusterIdentity, addr: str) -> None:
         try:
-            manager = await asyncio.wait_for(Manager.open(identity, self.state_dir), 30)
+            manager = await asyncio.wait_for(
+                Manager.open(identity, self.state_dir, addr=addr), 30)
         except (OSError, TimeoutError, ConnectionError) as exc:
             raise InvalidArgument(f"cannot open the store {identity.store_url}: {exc}") from None
         await manager.start()
@@ -245,7 +252,7 @@ class ClusterHost:
             # Heartbeats' delay inside this manager, measured on their own path (probe.py).
             target = format_addr(_reachable(listen[0]), listen[1])
             certs = self._credentials
-            self.manager.dispatcher.use_probe(IngressProbe(
+            self.manager.use_probe(IngressProbe(
                 lambda: NodeCerts(*certs()).channel(target)))
 
     def _credentials(self) -> tuple[bytes, bytes, bytes]:
@@ -274,6 +281,10 @@ class ClusterHost:
                 membership.fetch_root_ca, host, port, token)
             certs, answer = await membership.request_certificate(
                 host, port, ca_pem, request.token, describe_node().hostname)
+            if answer.role == "manager":
+                return await self._join_as_manager(request, answer, certs,
+                                                   membership.target(host, port),
+                                                   advertise or local_addr)
             state = JoinState(membership.target(host, port), advertise or local_addr,
                               request.listen_addr)
             try:  # join.json last: it is what marks this node as joined
@@ -284,11 +295,54 @@ class ClusterHost:
                 membership.remove_certs(self.cfg.root)
                 raise
             self.join_state, self._certs = state, certs
-            self._start_agent(answer.node_id, self._manager_channel, state.advertise_addr)
+            self._start_agent(answer.node_id, self._manager_channel, state.advertise_addr,
+                              self._worker_remotes(state))
             self._renewals = asyncio.create_task(self._renew_loop(), name="certificate renewal")
             _log(f"joined the swarm of {state.manager_addr} as {answer.role} {answer.node_id}, "
                  f"advertising {state.advertise_addr}")
             return cpb.JoinResponse(node_id=answer.node_id, role=answer.role)
+
+    async def _join_as_manager(self, request: cpb.JoinRequest,
+                               answer: ca_pb2.IssueNodeCertificateResponse, certs: NodeCerts,
+                               via: str, advertise: str) -> cpb.JoinResponse:
+        """A manager join: this node opens the store the managers share (the answer names
+        it), serves the TLS port like the first manager, and campaigns for leadership."""
+        if not answer.store_url.startswith("etcd://"):
+            raise FailedPrecondition(f"the manager at {via} admitted this node as a manager "
+                                     f"but named no shared store to open (an older pyswarm?)")
+        try:
+            listen = parse_listen_addr(request.listen_addr or
+                                       f"0.0.0.0:{membership.DEFAULT_PORT}")
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        identity = ClusterIdentity(answer.cluster_id, answer.node_id, answer.store_url)
+        endpoint = ManagerEndpoint(format_addr(*listen), advertise)
+        (self.cfg.root / "node_id").write_text(answer.node_id)
+        await self._start_manager(identity, endpoint.nodes_addr())
+        try:
+            self._certs = certs
+            try:
+                await self._serve_tls(listen)
+            except OSError as exc:
+                raise FailedPrecondition(
+                    f"cannot listen on {format_addr(*listen)}: {exc.strerror or exc}; "
+                    f"choose another address with --listen-addr") from None
+            certs.save(self.cfg.root)
+            endpoint.save(self.state_dir)
+        except BaseException:
+            await self._stop_manager()
+            membership.remove_certs(self.cfg.root)
+            (self.state_dir / "endpoint.json").unlink(missing_ok=True)
+            raise
+        self.manager_endpoint = endpoint
+        identity.save(self.state_dir)  # last: it is what marks this node a manager
+        remotes = self._manager_remotes()
+        remotes.learned([via])
+        self._start_agent(identity.node_id, self._manager_node_channel, advertise, remotes)
+        self._renewals = asyncio.create_task(self._renew_loop(), name="certificate renewal")
+        _log(f"joined the swarm of {via} as manager {answer.node_id} (store "
+             f"{identity.store_url}), serving nodes at {endpoint.nodes_addr()}")
+        return cpb.JoinResponse(node_id=answer.node_id, role=answer.role)
 
     def _check_not_member(self) -> None:
         if self.manager is not None:
@@ -298,18 +352,32 @@ class ClusterHost:
 
     # ---- the agent -------------------------------------------------------------------------
 
-    def _local_channel(self) -> grpc.aio.Channel:
-        """The manager's own agent talks to it over the daemon's root-only socket."""
-        return grpc.aio.insecure_channel(f"unix://{self.cfg.socket_path}",
-                                         options=membership.SESSION_OPTIONS)
+    def _manager_node_channel(self, target: str) -> grpc.aio.Channel:
+        """A manager's own agent talks to its own manager over the daemon's root-only
+        socket (LOCAL), and to the leader, when it is another manager, like a worker."""
+        if target == LOCAL:
+            return grpc.aio.insecure_channel(f"unix://{self.cfg.socket_path}",
+                                             options=membership.SESSION_OPTIONS)
+        return self._manager_channel(target)
 
-    def _manager_channel(self) -> grpc.aio.Channel:
+    def _manager_channel(self, target: str) -> grpc.aio.Channel:
         """Mutual TLS with the node's current certificate (renewals apply on reconnect)."""
-        assert self._certs is not None and self.join_state is not None
-        return self._certs.channel(self.join_state.manager_addr)
+        assert self._certs is not None
+        return self._certs.channel(target)
 
-    def _start_agent(self, node_id: str, channel_factory: Callable[[], grpc.aio.Channel],
-                     addr: str) -> None:
+    def _manager_remotes(self) -> Remotes:
+        return Remotes([], local=True, own=self.manager_addr())
+
+    def _worker_remotes(self, state: JoinState) -> Remotes:
+        def keep(managers: list[str]) -> None:  # for the next start: any of them will do
+            if self.join_state is not None:
+                self.join_state = replace(self.join_state, managers=tuple(managers))
+                self.join_state.save(self.cfg.root)
+
+        return Remotes(state.managers or (state.manager_addr,), on_learned=keep)
+
+    def _start_agent(self, node_id: str, channel_factory: Callable[[str], grpc.aio.Channel],
+                     addr: str, remotes: Remotes) -> None:
         """The agent, with its hooks: the load balancer follows the node's tasks and the
         cluster's NetworkState; the overlays and service DNS follow the NetworkState, with
         this node's advertise address as the VXLAN tunnels' source."""
@@ -325,6 +393,7 @@ class ClusterHost:
             lb_sync.update_network(state)
 
         self.agent = Agent(self.engine, self.watcher, node_id, channel_factory, addr=addr,
+                           remotes=remotes,
                            on_tasks_changed=lb_sync.update, before_report=lb_sync.settled,
                            on_network_state=on_network_state)
         self._agent_run = asyncio.create_task(self.agent.run(), name="agent")

@@ -106,6 +106,7 @@ class JoinState:
     manager_addr: str  # "HOST:PORT"
     advertise_addr: str  # this node's address for other nodes (VXLAN tunnel endpoint)
     listen_addr: str = ""  # managers: where to serve (used once several managers run)
+    managers: tuple[str, ...] = ()  # every manager it last heard of (agent/remotes.py)
 
     @staticmethod
     def path(root: Path) -> Path:
@@ -120,7 +121,7 @@ class JoinState:
         if "manager_addr" not in data:  # a join of an older pyswarm (a local socket)
             return None
         return cls(data["manager_addr"], data.get("advertise_addr", ""),
-                   data.get("listen_addr", ""))
+                   data.get("listen_addr", ""), tuple(data.get("managers", ())))
 
     def save(self, root: Path) -> None:
         tmp = self.path(root).with_suffix(".tmp")

@@ -30,7 +30,7 @@ import collections
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from pyswarm.common import taskstate
@@ -40,6 +40,7 @@ from pyswarm.manager.dispatcher import assignments as asg
 from pyswarm.manager.dispatcher.netpush import NetworkPush, Serialized, session_message
 from pyswarm.manager.dispatcher.probe import IngressProbe
 from pyswarm.manager.store import Event, Store, Watch, WriteTx
+from pyswarm.manager.store.errors import NotLeader
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
 
@@ -67,8 +68,12 @@ class _Session:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, cfg: ManagerConfig, manager_node_ids: set[str]) -> None:
+    def __init__(self, store: Store, cfg: ManagerConfig, manager_node_ids: set[str],
+                 managers: Callable[[], list[str]] = list,
+                 deposed: Callable[[], None] = lambda: None) -> None:
         self.store = store
+        self.deposed = deposed  # called when a write finds this manager's term over
+        self.managers = managers  # every live manager's ADDR:PORT, the leader's first
         self.cfg = cfg
         self.manager_node_ids = manager_node_ids
         self._sessions: dict[str, _Session] = {}
@@ -87,13 +92,9 @@ class Dispatcher:
                                    asyncio.Future[list[str]]]] = []
         self._status_writer: asyncio.Task[None] | None = None
         self.network = NetworkPush(store)
+        # Measures heartbeats' delay inside this manager (probe.py): nodes get that much
+        # more time before they are DOWN. Started and stopped by the manager.
         self.probe: IngressProbe | None = None
-
-    def use_probe(self, probe: IngressProbe) -> None:
-        """Measure heartbeats' delay inside this manager with `probe` (probe.py) and give
-        nodes that much more time before they are DOWN."""
-        self.probe = probe
-        probe.start()
 
     def ingress_lag(self) -> float:
         return self.probe.lag() if self.probe is not None else 0.0
@@ -113,8 +114,6 @@ class Dispatcher:
         await self.network.start()
 
     async def stop(self) -> None:
-        if self.probe is not None:
-            await self.probe.stop()
         await self.network.stop()
         for loop in (self._liveness, self._router):
             if loop is not None:
@@ -134,7 +133,7 @@ class Dispatcher:
         if not node_id:
             raise NotFound("a session needs the node's id")
         self._came_back(node_id)
-        await self.store.update(lambda tx: self._register(tx, request), retries=5)
+        await self.store.update(lambda tx: self._register(tx, request), retries=5, fenced=True)
         session = _Session(secrets.token_hex(8), node_id)
         old = self._sessions.get(node_id)
         if old is not None:
@@ -148,7 +147,8 @@ class Dispatcher:
             self.network.add(session.id, node_id, session.offer_network)
             yield cpb.SessionMessage(
                 session_id=session.id, heartbeat_period_ms=self.period_ms,
-                assignments=asg.message(cpb.Assignments.COMPLETE, update, []))
+                assignments=asg.message(cpb.Assignments.COMPLETE, update, []),
+                managers=self.managers())
             state = self.network.pull(session.id)  # the first NetworkState, whole
             if state is not None:
                 yield session_message(session.id, self.period_ms, state)
@@ -294,7 +294,12 @@ class Dispatcher:
                 if session is not None:
                     session.queue.put_nowait(None)
             # (batch: more nodes than one etcd transaction holds may go down at once)
-            await self.store.batch(lambda tx, dead=dead: _mark_down(tx, dead), retries=5)
+            try:
+                await self.store.batch(lambda tx, dead=dead: _mark_down(tx, dead),
+                                       retries=5, fenced=True)
+            except NotLeader:
+                self.deposed()
+                return
 
     def _came_back(self, node_id: str) -> None:
         """A session opened: if the node was marked DOWN moments ago, that was a false DOWN,
@@ -381,8 +386,11 @@ class Dispatcher:
                 try:
                     results = await self.store.batch(
                         lambda tx, b=batches: [_apply_statuses(tx, node_id, updates)
-                                               for node_id, updates, _ in b], retries=5)
+                                               for node_id, updates, _ in b], retries=5,
+                        fenced=True)
                 except Exception as exc:  # noqa: BLE001 - each caller gets the error
+                    if isinstance(exc, NotLeader):
+                        self.deposed()
                     for *_, done in batches:
                         if not done.done():
                             done.set_exception(exc)

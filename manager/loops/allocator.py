@@ -27,6 +27,7 @@ from pyswarm.manager.allocator import networks as nets
 from pyswarm.manager.loops.pacing import run_passes
 from pyswarm.manager.loops.tasks import copy, set_status
 from pyswarm.manager.store import Event, ReadTx, Store, WriteTx
+from pyswarm.manager.store.errors import NotLeader
 from pyswarm.proto import objects_pb2 as opb
 
 S = taskstate.S
@@ -61,7 +62,7 @@ class AllocatorLoop:
     async def run(self) -> None:
         watch = self.store.watch({"network", "service", "task", "node"})
         try:
-            await self.store.update(nets.ensure_ingress, retries=5)
+            await self.store.update(nets.ensure_ingress, retries=5, fenced=True)
             self._reset(self.store.view())
             await self._tick()
             await run_passes(watch, self._mark, self._tick)
@@ -156,12 +157,14 @@ class AllocatorLoop:
         # In batches: thousands of new tasks may exceed one etcd transaction. A batch that
         # fails part-way leaves its first commits in the store, which the rebuild reads.
         try:
-            await self.store.batch(self._allocate)
+            await self.store.batch(self._allocate, fenced=True)
+        except NotLeader:
+            raise  # the term is over: nothing to rebuild
         except Exception:  # noqa: BLE001 - the store is the truth: start again from it
             log.warning("allocator: transaction failed; rebuilding from the store",
                         exc_info=True)
             self._reset(self.store.view())
-            await self.store.batch(self._allocate)
+            await self.store.batch(self._allocate, fenced=True)
 
     def _allocate(self, tx: WriteTx) -> None:
         network_ids, self._networks = self._networks, set()

@@ -72,7 +72,7 @@ class Orchestrator:
         ids, self._dirty = self._dirty, set()
         # Split past the backend's per-commit limit (etcd): a retry re-reconciles from the
         # store, so parts already committed are not done twice (Store.update).
-        await self.store.batch(lambda tx: self._reconcile(tx, ids), retries=5)
+        await self.store.batch(lambda tx: self._reconcile(tx, ids), retries=5, fenced=True)
 
     def _reconcile(self, tx: WriteTx, ids: set[str]) -> None:
         now = self.clock()

@@ -58,7 +58,7 @@ class Scheduler:
             return
         started = time.perf_counter()
         # Split past the backend's per-commit limit (etcd); a retry re-reads the store.
-        placed = await self.store.batch(self._schedule, retries=5)
+        placed = await self.store.batch(self._schedule, retries=5, fenced=True)
         metrics = self.store.metrics
         metrics.add("scheduler_passes")
         metrics.add("scheduler_placed", placed)

@@ -85,7 +85,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         session ends with PERMISSION_DENIED, which the node's agent reports."""
         manager = self._manager()
         assert manager is not None
-        gone = asyncio.create_task(manager.dispatcher.removed(node_id))
+        dispatcher = manager.dispatcher
+        if dispatcher is None:  # a follower: the servicer refuses (servicers._redirects)
+            async for item in items:
+                yield item
+            return
+        gone = asyncio.create_task(dispatcher.removed(node_id))
         step: asyncio.Future[Any] | None = None
         try:
             while True:

@@ -1,8 +1,9 @@
-"""The store's own error: a write lost an optimistic-locking race."""
+"""The store's own errors: a write lost an optimistic-locking race, or a leader-only write
+came from a manager that does not lead."""
 
 from __future__ import annotations
 
-from pyswarm.common.errors import Conflict
+from pyswarm.common.errors import Conflict, Unavailable
 
 
 class VersionConflict(Conflict):
@@ -18,3 +19,8 @@ class VersionConflict(Conflict):
         self.kind = kind
         self.id = id
         self.revision = revision
+
+
+class NotLeader(Unavailable):
+    """A leader-only write (the orchestrator's, scheduler's, allocator's, dispatcher's) from
+    a manager that is not the leader, or whose leadership ended before the write landed."""

@@ -5,6 +5,13 @@ commit its writes to the backend in one atomic commit, stamp every written objec
 commit's revision as meta.version, publish the next snapshot, then the events and a Commit.
 Writes from one Store are serialized by one lock.
 
+Leader-only writes (`fenced=True`: the orchestrator, allocator, scheduler and dispatcher)
+carry the store's `fence`, the current term of this manager's leadership, when its backend
+is shared (etcd): without a term they fail at once with NotLeader, and a term that ended
+makes them fail whole at the backend. Writes of the API (a service created, a node
+drained) are not fenced: every manager serves the API, as every kube-apiserver does, and
+compare-and-swap on versions keeps them safe.
+
 Foreign writes (other managers sharing an etcd cluster) arrive through the backend's watch
 and are applied under the same lock, so a watcher sees each commit's events together and
 own and foreign commits never interleave. A change is applied only if it is newer than the
@@ -25,8 +32,8 @@ from google.protobuf.message import Message
 from pyswarm.common.errors import InvalidArgument
 
 from ..metrics import Metrics
-from .backends.base import Backend, ChangeBatch, Op
-from .errors import VersionConflict
+from .backends.base import Backend, ChangeBatch, Fence, Op
+from .errors import NotLeader, VersionConflict
 from .memory import Snapshot
 from .model import KINDS, decode
 from .tx import ReadTx, Write, WriteTx
@@ -61,6 +68,8 @@ class Store:
         self._tombstones: dict[tuple[str, str], int] = {}
         # The manager's counters live with the store every loop shares (manager/metrics.py).
         self.metrics = Metrics()
+        # This manager's term as leader, while it leads (set by manager/leadership.py).
+        self.fence: Fence | None = None
 
     @classmethod
     async def open(cls, backend: Backend) -> Store:
@@ -77,6 +86,16 @@ class Store:
         if changes is not None:
             store._watch_task = asyncio.create_task(store._follow(changes))
         return store
+
+    @property
+    def shared(self) -> bool:
+        """Whether other managers write this store too (etcd): leader-only writes are then
+        fenced, and need a term."""
+        return self._watch_task is not None
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
 
     @property
     def revision(self) -> int:
@@ -97,7 +116,8 @@ class Store:
         return watch
 
     async def update(
-        self, fn: Callable[[WriteTx], T], *, retries: int = 0, atomic: bool = True
+        self, fn: Callable[[WriteTx], T], *, retries: int = 0, atomic: bool = True,
+        fenced: bool = False,
     ) -> T:
         """Run fn on a write transaction and commit what it wrote; fn's result.
 
@@ -114,8 +134,9 @@ class Store:
             try:
                 async with self._lock:
                     tx = WriteTx(self._snapshot)
+                    fence = self._term() if fenced else None
                     result = fn(tx)
-                    await self._commit(tx.writes(), atomic)
+                    await self._commit(tx.writes(), atomic, fence)
                     return result
             except VersionConflict as conflict:
                 if attempt >= retries:
@@ -123,9 +144,17 @@ class Store:
                 attempt += 1
                 await self._catch_up(conflict.revision)
 
-    async def batch(self, fn: Callable[[WriteTx], T], *, retries: int = 0) -> T:
+    async def batch(self, fn: Callable[[WriteTx], T], *, retries: int = 0,
+                    fenced: bool = False) -> T:
         """`update(fn, atomic=False)`: for bulk writes that may exceed one backend commit."""
-        return await self.update(fn, retries=retries, atomic=False)
+        return await self.update(fn, retries=retries, atomic=False, fenced=fenced)
+
+    def _term(self) -> Fence | None:
+        if not self.shared:
+            return None  # the only manager: nothing to fence
+        if self.fence is None:
+            raise NotLeader("this manager is not the leader")
+        return self.fence
 
     async def close(self) -> None:
         if self._watch_task is not None:
@@ -138,10 +167,12 @@ class Store:
 
     # ---- own commits --------------------------------------------------------------------
 
-    async def _commit(self, writes: list[Write], atomic: bool) -> None:
+    async def _commit(self, writes: list[Write], atomic: bool, fence: Fence | None) -> None:
         if not writes:
             return
         limit = self._backend.max_ops
+        if limit is not None and fence is not None:
+            limit -= 1  # the fence's compare is one of the commit's ops
         if limit is None or len(writes) <= limit:
             chunks = [writes]
         elif atomic:
@@ -157,7 +188,7 @@ class Store:
                 for w in chunk
             ]
             started = time.perf_counter()
-            revision = await self._backend.commit(ops)
+            revision = await self._backend.commit(ops, fence)
             self.metrics.add("store_commit_seconds", time.perf_counter() - started)
             self.metrics.add("store_commits")
             self.metrics.add("store_writes", len(ops))

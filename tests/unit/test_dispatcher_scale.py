@@ -192,7 +192,7 @@ def test_heartbeats_still_queued_in_an_overloaded_manager_do_not_mark_nodes_down
     async def body() -> None:
         store, d = await _cluster(1, 1)
         probe = FakeProbe(lag=4 * FAST.down_after)
-        d.use_probe(probe)  # type: ignore[arg-type]
+        d.probe = probe  # type: ignore[assignment]
         stream = d.session(cpb.SessionRequest(node_id="n0"))
         await anext(stream)
         # Silent for twice the window, while a heartbeat takes the manager four windows

@@ -88,7 +88,7 @@ class NoContainers:
 
 def agent(target: str) -> Agent:
     return Agent(engine=NoContainers(), watcher=None, node_id="n1",  # type: ignore[arg-type]
-                 channel_factory=lambda: grpc.aio.insecure_channel(target))
+                 channel_factory=lambda _: grpc.aio.insecure_channel(target))
 
 
 def sim(target: str) -> SimNode:

@@ -426,7 +426,7 @@ def test_a_view_merges_deltas_drops_itself_and_refuses_a_delta_it_cannot_apply()
 def test_the_agent_hands_on_whole_states_and_reconnects_on_a_stale_delta() -> None:
     received: list[cpb.NetworkState] = []
     agent = Agent(engine=None, watcher=None, node_id="me",  # type: ignore[arg-type]
-                  channel_factory=lambda: None,  # type: ignore[arg-type,return-value]
+                  channel_factory=lambda _: None,  # type: ignore[arg-type,return-value]
                   on_network_state=received.append)
 
     def message(**network: Any) -> cpb.SessionMessage:

@@ -32,6 +32,7 @@ from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from pyswarm.proto import objects_pb2 as opb
 from pyswarm.worker.agent.controller import Report, TaskController
 from pyswarm.worker.agent.keepalive import Helpers, Outbox, send_heartbeats, send_reports
+from pyswarm.worker.agent.remotes import Remotes
 from pyswarm.worker.agent.spec import TASK_LABEL
 from pyswarm.worker.engine.core import Engine
 from pyswarm.worker.engine.records import ContainerRecord
@@ -53,7 +54,8 @@ def describe_node() -> opb.NodeDescription:
 
 class Agent:
     def __init__(self, engine: Engine, watcher: ExitWatcher, node_id: str,
-                 channel_factory: Callable[[], grpc.aio.Channel], addr: str = "",
+                 channel_factory: Callable[[str], grpc.aio.Channel], addr: str = "",
+                 remotes: Remotes | None = None,
                  on_tasks_changed: Callable[[dict[str, TaskController]], None] | None = None,
                  before_report: Callable[[], Awaitable[None]] | None = None,
                  on_network_state: Callable[[cpb.NetworkState], None] | None = None,
@@ -61,7 +63,8 @@ class Agent:
         self.engine = engine
         self.watcher = watcher
         self.node_id = node_id
-        self.channel_factory = channel_factory
+        self.channel_factory = channel_factory  # a channel to a manager (remotes.py)
+        self.remotes = remotes or Remotes([""])
         self.addr = addr
         self.description = describe_node()
         self.controllers: dict[str, TaskController] = {}
@@ -82,13 +85,20 @@ class Agent:
     async def run(self) -> None:
         backoff = BACKOFF_MIN
         while True:
-            channel = self.channel_factory()
+            target = self.remotes.pick()
+            channel = self.channel_factory(target)
             try:
-                await self._session(cpb_grpc.DispatcherStub(channel))
+                await self._session(cpb_grpc.DispatcherStub(channel), target)
                 backoff = BACKOFF_MIN
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
+                leader = _leader_named(exc)
+                if leader is not None:  # a follower: go to the leader now
+                    self.remotes.redirected(target, leader)
+                    backoff = BACKOFF_MIN
+                else:
+                    self.remotes.failed(target)
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
                                       grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNKNOWN,
                                       grpc.StatusCode.FAILED_PRECONDITION):
@@ -101,7 +111,7 @@ class Agent:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
-    async def _session(self, stub: Any) -> None:
+    async def _session(self, stub: Any, target: str = "") -> None:
         call = stub.Session(cpb.SessionRequest(node_id=self.node_id,
                                                description=self.description, addr=self.addr))
         helpers = Helpers(call)
@@ -109,6 +119,9 @@ class Agent:
             async for message in call:
                 if not self._session_id or message.session_id != self._session_id:
                     self._session_id = message.session_id
+                    self.remotes.worked(target)
+                    if message.managers:
+                        self.remotes.learned(message.managers)
                     self._stub = stub
                     helpers.start(
                         send_heartbeats(stub, self.node_id, self._session_id,
@@ -220,3 +233,11 @@ class Agent:
 
 
 DEFAULT_STRAY_GRACE = 10.0  # seconds a stray container gets to stop before SIGKILL
+
+
+def _leader_named(exc: grpc.aio.AioRpcError) -> str | None:
+    """The leader's address a follower's refusal names (servicers.LEADER_KEY), or None."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "pyswarm-leader":
+            return value if isinstance(value, str) else value.decode()
+    return None

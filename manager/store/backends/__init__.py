@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from pyswarm.common.errors import InvalidArgument
 
-from .base import Backend, Change, ChangeBatch, Op, Record
+from .base import Backend, Change, ChangeBatch, Fence, Op, Record
 from .memory import MemoryBackend
 from .sqlite import SqliteBackend
 
@@ -15,6 +15,7 @@ __all__ = [
     "Backend",
     "Change",
     "ChangeBatch",
+    "Fence",
     "MemoryBackend",
     "Op",
     "Record",

@@ -23,6 +23,16 @@ class Op:
     expected_version: int
 
 
+@dataclass(frozen=True)
+class Fence:
+    """A leader's term: commit only while the election `key` is the one created at
+    `revision`. A deposed leader's commit fails whole (NotLeader), so its in-flight work
+    can never land after another manager has taken over, however late it arrives."""
+
+    key: bytes
+    revision: int
+
+
 class Record(NamedTuple):
     data: bytes
     version: int
@@ -56,9 +66,11 @@ class Backend(Protocol):
         revision."""
         ...
 
-    async def commit(self, ops: list[Op]) -> int:
+    async def commit(self, ops: list[Op], fence: Fence | None = None) -> int:
         """Apply all ops atomically or none (VersionConflict naming the first object that
-        failed its check); the commit's revision, which is every written object's version."""
+        failed its check; NotLeader if a `fence` was given and no longer holds); the
+        commit's revision, which is every written object's version. Backends with one
+        writer (sqlite, memory) have nothing to fence and ignore it."""
         ...
 
     def watch(self) -> AsyncIterator[ChangeBatch] | None:

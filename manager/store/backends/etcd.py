@@ -8,6 +8,10 @@ Policy:
 - A commit is one etcd Txn: compare every key (mod_revision == expected, or
   create_revision == 0 for a new object), then all puts and deletes. On a failed compare
   the same Txn reads back the keys (keys only) to name the object that changed.
+- A leader's commit is fenced: the same Txn also compares the election key's
+  create_revision with its term's (etcd_election.py). Lease expiry alone would not do: a
+  leader stalled (GC, a slow disk, a cut link) past its lease could still land a write it
+  prepared before the next leader took over. The compare makes that impossible.
 - etcd caps the ops of one Txn (--max-txn-ops, 128 by default) and the size of a request
   (--max-request-bytes, 1.5 MiB). `max_txn_ops` must match the server: the store refuses an
   atomic write larger than it and splits only writes it was told may be split
@@ -35,9 +39,9 @@ import grpc
 from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
-from ..errors import VersionConflict
-from .base import Change, ChangeBatch, Op, Record
-from .etcd_election import Leadership, campaign, leader
+from ..errors import NotLeader, VersionConflict
+from .base import Change, ChangeBatch, Fence, Op, Record
+from .etcd_election import REQUIRE_LEADER, Leadership, campaign, leader, register, roster
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,9 @@ _CHANNEL_OPTIONS = [
     # A commit of 10,000 tasks is a few MiB on the wire; so is a watch response for it.
     ("grpc.max_receive_message_length", 256 << 20),
     ("grpc.max_send_message_length", 256 << 20),
+    # Several members: spread calls over them and drop a dead one at once (pick_first
+    # would fail calls until it reconnects).
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 
 
@@ -117,8 +124,13 @@ class EtcdBackend:
 
     # ---- commit -------------------------------------------------------------------------
 
-    async def commit(self, ops: list[Op]) -> int:
+    async def commit(self, ops: list[Op], fence: Fence | None = None) -> int:
         compare, success, failure = [], [], []
+        if fence is not None:  # first: a deposed leader hears that, not a conflict
+            compare.append(rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE,
+                                       key=fence.key, create_revision=fence.revision))
+            failure.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=fence.key,
+                                                                        keys_only=True)))
         for op in ops:
             key = self._key(op.kind, op.id)
             if op.expected_version == 0:
@@ -146,7 +158,13 @@ class EtcdBackend:
         )
         if reply.succeeded:
             return int(reply.header.revision)
-        for op, read in zip(ops, reply.responses, strict=True):
+        reads = list(reply.responses)
+        if fence is not None:
+            kvs = reads.pop(0).response_range.kvs
+            if not kvs or kvs[0].create_revision != fence.revision:
+                raise NotLeader("this manager's leadership ended before its write landed; "
+                                "nothing of it was applied")
+        for op, read in zip(ops, reads, strict=True):
             kvs = read.response_range.kvs
             current = kvs[0].mod_revision if kvs else 0
             if current != op.expected_version:
@@ -171,7 +189,7 @@ class EtcdBackend:
         start = self._loaded + 1
         failures = 0
         while True:
-            call = rpc.WatchStub(self._chan()).Watch()
+            call = rpc.WatchStub(self._chan()).Watch(metadata=REQUIRE_LEADER)
             self._watch_call = call
             try:
                 await call.write(
@@ -236,18 +254,27 @@ class EtcdBackend:
                 rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
             )
 
-    # ---- leader election ----------------------------------------------------------------
+    # ---- leader election and the roster (etcd_election.py) ------------------------------
 
-    def _election_key(self, name: str) -> bytes:
-        return (self.prefix.rstrip("/") + ".election/" + name).encode()
+    def _side_key(self, folder: str, name: str) -> bytes:
+        return (self.prefix.rstrip("/") + f".{folder}/" + name).encode()
 
     async def campaign(self, name: str, value: bytes, ttl: int = 10) -> Leadership:
-        """Block until this manager leads election `name` (see etcd_election)."""
-        return await campaign(self._chan(), self._election_key(name), value, ttl)
+        """Block until this manager leads election `name`."""
+        return await campaign(self._chan(), self._side_key("election", name), value, ttl)
 
     async def leader(self, name: str) -> bytes | None:
         """The value the current leader of `name` campaigned with, or None."""
-        return await leader(self._chan(), self._election_key(name))
+        return await leader(self._chan(), self._side_key("election", name))
+
+    async def register(self, member: str, value: bytes, ttl: int) -> None:
+        """Keep this manager in the roster while this runs (etcd_election.register)."""
+        await register(self._chan(), self._side_key("managers", member), value, ttl)
+
+    async def roster(self, election: str) -> tuple[bytes | None, dict[str, bytes]]:
+        """The leader of `election` and every registered manager."""
+        return await roster(self._chan(), self._side_key("election", election),
+                            self._side_key("managers", ""))
 
     async def close(self) -> None:
         if self._watch_call is not None:

@@ -1,11 +1,22 @@
-"""Leader election among managers sharing etcd: whoever creates the election key leads.
+"""Leases, leader election and the roster of managers sharing an etcd cluster.
 
-Policy: the key is attached to a lease that the leader keeps alive every ttl/3 seconds.
-A leader that dies (or is partitioned from etcd) stops refreshing, the lease expires after
-`ttl` seconds, etcd deletes the key, and a waiting candidate's create succeeds. A leader
-that fails to refresh its lease sets `lost` and must stop acting as leader at once.
-The key lives beside the object prefix (`/pyswarm/v1.election/<name>`), not under it, so the
-store's watch never sees it.
+Policy:
+- Whoever creates the election key leads. The key is bound to a lease the leader keeps
+  alive; a leader that dies (or loses etcd) stops refreshing it, the lease expires after
+  `ttl` seconds, etcd deletes the key, and a waiting candidate's create succeeds.
+- A term is the election key's create revision (`Fence`): the store compares it in every
+  leader-only commit (etcd.py), so a deposed leader's writes never land.
+- A leader must also *believe* it lost before the next one can win: `Lease.lost` is set
+  once the lease is not known to be alive any more, that is at the expiry implied by the
+  last answered keep-alive (measured from when it was sent, so never later than etcd's),
+  whether the stream failed, hung (a cut link) or answered "gone".
+- Keep-alive streams and watches carry etcd's `hasleader` metadata: a member cut off from
+  its cluster's majority ends them rather than serving them from stale state, and the
+  client moves on to another member.
+- Each manager also registers itself under `<prefix>.managers/<node id>` with a lease of its
+  own: the roster (`roster()`) is who is alive and reaching etcd, and the leader.
+- Both keys live beside the object prefix (`/pyswarm/v1.election/...`), not under it, so
+  the store's watch never sees them.
 """
 
 from __future__ import annotations
@@ -13,99 +24,180 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
 
 import grpc
 from aetcd import rpc
+from aetcd.utils import prefix_range_end
+
+from .base import Fence
 
 log = logging.getLogger(__name__)
 
+REQUIRE_LEADER = (("hasleader", "true"),)  # etcd's rpctypes.MetadataRequireLeaderKey
+RPC_TIMEOUT = 5.0
+# Stop believing in a lease this long before the expiry its last keep-alive implies: etcd
+# and this process measure time on different clocks (rates, not offsets: both monotonic).
+MARGIN = 0.1
+RETRY = 0.2  # seconds between attempts to reopen a failed keep-alive stream
+
+
+class Lease:
+    """An etcd lease kept alive until it is revoked or can no longer be vouched for."""
+
+    def __init__(self, channel: grpc.aio.Channel, lease_id: int, ttl: int, granted_at: float):
+        self.id = lease_id
+        self.ttl = ttl
+        self.lost = asyncio.Event()
+        self._channel = channel
+        self._expires = granted_at + ttl
+        self._task = asyncio.create_task(self._keep_alive(), name=f"lease {lease_id:x}")
+
+    @classmethod
+    async def grant(cls, channel: grpc.aio.Channel, ttl: int) -> Lease:
+        asked = time.monotonic()
+        reply = await rpc.LeaseStub(channel).LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl),
+                                                        timeout=RPC_TIMEOUT)
+        return cls(channel, reply.ID, reply.TTL, asked)
+
+    def left(self) -> float:
+        """Seconds this lease is known to live, at least."""
+        return self._expires - MARGIN - time.monotonic()
+
+    async def _keep_alive(self) -> None:
+        try:
+            while self.left() > 0:
+                call = rpc.LeaseStub(self._channel).LeaseKeepAlive(metadata=REQUIRE_LEADER)
+                try:
+                    while True:
+                        sent = time.monotonic()
+                        await call.write(rpc.LeaseKeepAliveRequest(ID=self.id))
+                        reply = await asyncio.wait_for(call.read(), max(self.left(), 0.001))
+                        if reply is grpc.aio.EOF:
+                            raise ConnectionError("etcd ended the keep-alive stream")
+                        if reply.TTL <= 0:
+                            log.warning("lease %x: etcd says it is gone", self.id)
+                            return
+                        self._expires = sent + reply.TTL
+                        await asyncio.sleep(self.ttl / 4)
+                except (grpc.aio.AioRpcError, ConnectionError, TimeoutError) as error:
+                    what = error.details() if isinstance(error, grpc.aio.AioRpcError) else error
+                    log.warning("lease %x: keep-alive failed (%s); %.1fs left", self.id,
+                                what or type(error).__name__, self.left())
+                finally:
+                    call.cancel()
+                await asyncio.sleep(min(RETRY, max(self.left(), 0)))
+        finally:
+            self.lost.set()
+
+    async def revoke(self) -> None:
+        """End the lease now (its keys go with it); quietly, if etcd cannot be reached."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await rpc.LeaseStub(self._channel).LeaseRevoke(
+                rpc.LeaseRevokeRequest(ID=self.id), timeout=RPC_TIMEOUT)
+        self.lost.set()
+
 
 class Leadership:
-    def __init__(self, channel: grpc.aio.Channel, key: bytes, lease_id: int, ttl: int):
-        self.key = key
-        self.lease_id = lease_id
-        self.lost = asyncio.Event()  # set when the lease could not be kept alive
-        self._channel = channel
-        self._keepalive = asyncio.create_task(self._keep_alive(ttl))
+    """A term as leader: its lease, and the fence every leader-only commit carries."""
 
-    async def _keep_alive(self, ttl: int) -> None:
-        async def pings() -> AsyncIterator[rpc.LeaseKeepAliveRequest]:
-            while True:
-                yield rpc.LeaseKeepAliveRequest(ID=self.lease_id)
-                await asyncio.sleep(max(ttl / 3, 0.5))
+    def __init__(self, lease: Lease, fence: Fence):
+        self.lease = lease
+        self.fence = fence
 
-        try:
-            async for reply in rpc.LeaseStub(self._channel).LeaseKeepAlive(pings()):
-                if reply.TTL <= 0:
-                    break  # the lease is gone
-        except grpc.aio.AioRpcError as error:
-            log.warning("election: lease keep-alive failed: %s", error)
-        self.lost.set()
+    @property
+    def lost(self) -> asyncio.Event:
+        return self.lease.lost
 
     async def resign(self) -> None:
         """Give up leadership now: revoking the lease deletes the key."""
-        self._keepalive.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._keepalive
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await rpc.LeaseStub(self._channel).LeaseRevoke(
-                rpc.LeaseRevokeRequest(ID=self.lease_id), timeout=10
-            )
-        self.lost.set()
+        await self.lease.revoke()
 
 
 async def campaign(channel: grpc.aio.Channel, key: bytes, value: bytes, ttl: int) -> Leadership:
     """Block until this candidate leads; `value` (its address) is what others read."""
-    lease = await rpc.LeaseStub(channel).LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl), timeout=10)
-    leadership_started = False
-    try:
-        while True:
+    while True:
+        lease = await Lease.grant(channel, ttl)
+        won = False
+        try:
             reply = await rpc.KVStub(channel).Txn(
                 rpc.TxnRequest(
-                    compare=[
-                        rpc.Compare(
-                            result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=key,
-                            create_revision=0,
-                        )
-                    ],
+                    compare=[rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE,
+                                         key=key, create_revision=0)],
                     success=[rpc.RequestOp(
-                        request_put=rpc.PutRequest(key=key, value=value, lease=lease.ID)
-                    )],
+                        request_put=rpc.PutRequest(key=key, value=value, lease=lease.id))],
                 ),
-                timeout=10,
+                timeout=RPC_TIMEOUT,
             )
-            if reply.succeeded:
-                leadership_started = True
-                return Leadership(channel, key, lease.ID, ttl)
-            await _until_deleted(channel, key, reply.header.revision + 1)
-    finally:
-        if not leadership_started:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await rpc.LeaseStub(channel).LeaseRevoke(
-                    rpc.LeaseRevokeRequest(ID=lease.ID), timeout=10
-                )
+            if reply.succeeded and not lease.lost.is_set():
+                won = True
+                return Leadership(lease, Fence(key, int(reply.header.revision)))
+        finally:
+            if not won:
+                await lease.revoke()
+        await _until_deleted(channel, key, reply.header.revision + 1)
 
 
 async def _until_deleted(channel: grpc.aio.Channel, key: bytes, start: int) -> None:
-    call = rpc.WatchStub(channel).Watch()
+    """Return once `key` is deleted after revision `start` (or the watch broke: the caller
+    simply tries again)."""
+    call = rpc.WatchStub(channel).Watch(metadata=REQUIRE_LEADER)
     try:
         await call.write(
-            rpc.WatchRequest(
-                create_request=rpc.WatchCreateRequest(key=key, start_revision=start)
-            )
+            rpc.WatchRequest(create_request=rpc.WatchCreateRequest(key=key, start_revision=start))
         )
         while True:
             reply = await call.read()
             if reply is grpc.aio.EOF or reply.canceled or reply.compact_revision:
-                return  # try again from the top
+                return
             if any(e.type == rpc.Event.DELETE for e in reply.events):
                 return
+    except grpc.aio.AioRpcError as error:
+        log.warning("election: watch failed (%s); trying again", error.details())
+        await asyncio.sleep(RETRY)
     finally:
         call.cancel()
 
 
 async def leader(channel: grpc.aio.Channel, key: bytes) -> bytes | None:
     """The current leader's value, or None."""
-    reply = await rpc.KVStub(channel).Range(rpc.RangeRequest(key=key), timeout=10)
+    reply = await rpc.KVStub(channel).Range(rpc.RangeRequest(key=key), timeout=RPC_TIMEOUT)
     return bytes(reply.kvs[0].value) if reply.kvs else None
+
+
+async def register(channel: grpc.aio.Channel, key: bytes, value: bytes, ttl: int) -> None:
+    """Keep `key` = `value` bound to a live lease of this process, for as long as this
+    runs (cancel it to stop; the key then goes within `ttl`)."""
+    while True:
+        lease: Lease | None = None
+        try:
+            lease = await Lease.grant(channel, ttl)
+            await rpc.KVStub(channel).Put(rpc.PutRequest(key=key, value=value, lease=lease.id),
+                                          timeout=RPC_TIMEOUT)
+            await lease.lost.wait()
+        except grpc.aio.AioRpcError as error:
+            log.warning("roster: cannot register %s (%s)", key.decode(), error.details())
+        finally:
+            if lease is not None:
+                await asyncio.shield(lease.revoke())
+        await asyncio.sleep(RETRY)
+
+
+async def roster(channel: grpc.aio.Channel, election_key: bytes,
+                 members_prefix: bytes) -> tuple[bytes | None, dict[str, bytes]]:
+    """The leader's value and every registered member (name -> value), read together."""
+    reply = await rpc.KVStub(channel).Txn(
+        rpc.TxnRequest(success=[
+            rpc.RequestOp(request_range=rpc.RangeRequest(key=election_key)),
+            rpc.RequestOp(request_range=rpc.RangeRequest(
+                key=members_prefix, range_end=prefix_range_end(members_prefix))),
+        ]),
+        timeout=RPC_TIMEOUT,
+    )
+    head, members = (r.response_range.kvs for r in reply.responses)
+    leading = bytes(head[0].value) if head else None
+    return leading, {bytes(kv.key[len(members_prefix):]).decode(): bytes(kv.value)
+                     for kv in members}

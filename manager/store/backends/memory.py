@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from ..errors import VersionConflict
-from .base import ChangeBatch, Op, Record
+from .base import ChangeBatch, Fence, Op, Record
 
 
 def check_op(op: Op, current: int, revision: int = 0) -> None:
@@ -35,7 +35,7 @@ class MemoryBackend:
     async def load(self) -> tuple[int, dict[str, dict[str, Record]]]:
         return self._revision, {kind: dict(objs) for kind, objs in self._objects.items()}
 
-    async def commit(self, ops: list[Op]) -> int:
+    async def commit(self, ops: list[Op], fence: Fence | None = None) -> int:
         for op in ops:
             current = self._objects.get(op.kind, {}).get(op.id)
             check_op(op, current.version if current else 0, self._revision)

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from .base import ChangeBatch, Op, Record
+from .base import ChangeBatch, Fence, Op, Record
 from .memory import check_op
 
 T = TypeVar("T")
@@ -87,7 +87,7 @@ class SqliteBackend:
 
         return await self._run(load)
 
-    async def commit(self, ops: list[Op]) -> int:
+    async def commit(self, ops: list[Op], fence: Fence | None = None) -> int:
         def commit(db: sqlite3.Connection) -> int:
             db.execute("BEGIN IMMEDIATE")
             try:
