@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pyswarm.common.paths import DEFAULT_SUBNET as ENGINE_SUBNET
 
-from . import cluster, images, layout, links, nodes, procs, state
+from . import cluster, etcd, images, layout, links, nodes, procs, state
 from .layout import NodeLayout
 
 OVERLAY_POOL = "10.214.0.0/16"  # the manager's overlay networks, inside every node
@@ -36,24 +36,39 @@ class UpRequest:
     subnet: ipaddress.IPv4Network
     images: tuple[str, ...]
     standalone: frozenset[int]  # nodes left out of the cluster
+    store: str = state.SQLITE  # etcd: a member on every manager, init --store etcd://...
+
+
+STORES = (state.SQLITE, state.ETCD)
+# etcd's own advice: at most 7 members; each one more makes every write wait on more of them.
+MAX_ETCD_MEMBERS = 7
 
 
 def check_request(name: str, count: int, managers: int, subnet: str,
                   image_refs: list[str] | None, no_images: bool,
-                  standalone: list[int]) -> UpRequest:
+                  standalone: list[int], store: str = state.SQLITE) -> UpRequest:
     """Validate `lab up`'s flags, naming the field that is wrong."""
     layout.check_name(name)
     if not 1 <= count <= layout.MAX_NODES:
         raise layout.LayoutError(f"invalid --nodes {count}: a lab has 1 to "
                                  f"{layout.MAX_NODES} nodes")
+    if store not in STORES:
+        raise layout.LayoutError(f'invalid --store "{store}": sqlite (the default: the state '
+                                 f"in one file on node1, one manager) or etcd (an etcd member "
+                                 f"on every manager node)")
     if managers < 1 or managers > count:
         raise layout.LayoutError(f"invalid --managers {managers}: between 1 and --nodes "
                                  f"({count})")
-    if managers > 1:
+    if managers > 1 and store != state.ETCD:
         raise layout.LayoutError(
-            f"invalid --managers {managers}: more than one manager needs the cluster state "
-            f"in etcd (pyswarm init --store etcd://...), which the lab does not set up yet; "
-            f"use --managers 1")
+            f"invalid --managers {managers}: more than one manager needs --store etcd (the "
+            f"managers share the cluster state in etcd; sqlite serves one manager)")
+    if store == state.ETCD and (managers % 2 == 0 or managers > MAX_ETCD_MEMBERS):
+        raise layout.LayoutError(
+            f"invalid --managers {managers} with --store etcd: 1, 3, 5 or 7 (an etcd member "
+            f"runs on each manager and etcd needs a majority of them: an even count survives "
+            f"no more failures than one fewer, and more than {MAX_ETCD_MEMBERS} only slow "
+            f"every write)")
     for k in standalone:
         if not 1 <= k <= count:
             raise layout.LayoutError(f"invalid --standalone {k}: nodes are 1 to {count}")
@@ -65,11 +80,14 @@ def check_request(name: str, count: int, managers: int, subnet: str,
             raise layout.LayoutError(f'invalid --subnet "{subnet}": overlaps {engine_net}, '
                                      f"which every node's own engine uses")
     refs = () if no_images else tuple(image_refs or images.DEFAULT_IMAGES)
-    return UpRequest(name, count, managers, net, refs, frozenset(standalone))
+    return UpRequest(name, count, managers, net, refs, frozenset(standalone), store)
 
 
 def _check_free(req: UpRequest) -> None:
-    """Nothing of this name or subnet may exist already: a clear error, and nothing made."""
+    """Nothing of this name or subnet may exist already, and the tools must be here: a
+    clear error, and nothing made."""
+    if req.store == state.ETCD:
+        etcd.check_installed()
     bridge = layout.bridge_name(req.name)
     if links.link_exists(bridge):
         raise UpError(f"interface {bridge} already exists: a lab of this name (or one whose "
@@ -98,7 +116,7 @@ def up(req: UpRequest, say: Callable[[str], None] = print) -> state.Lab:
             raise
         host = layout.host_address(req.subnet)
         lab = state.Lab(req.name, str(req.subnet), layout.bridge_name(req.name), str(host),
-                        list(req.images))
+                        list(req.images), store=req.store)
         for n in layout.node_layouts(req.name, req.subnet, req.nodes):
             role = ("manager" if n.index <= req.managers else
                     "standalone" if n.index in req.standalone else "worker")
@@ -115,12 +133,14 @@ def up(req: UpRequest, say: Callable[[str], None] = print) -> state.Lab:
 
 def _already_up(old: state.Lab, req: UpRequest, say: Callable[[str], None]) -> state.Lab:
     """`lab up` again: nothing to do for a complete, running lab of the same shape."""
-    running = all(nodes.daemon_pid(n) for n in old.layouts())
-    if old.complete and running and len(old.nodes) == req.nodes:
+    running = (all(nodes.daemon_pid(n) for n in old.layouts())
+               and all(etcd.member_pid(m.layout(old.name), m.etcd_pid) for m in old.members()))
+    if old.complete and running and len(old.nodes) == req.nodes and old.store == req.store:
         say(f"lab {old.name} is already up ({len(old.nodes)} nodes); nothing to do")
         return old
     why = ("it was not completed" if not old.complete else
            f"it has {len(old.nodes)} nodes" if len(old.nodes) != req.nodes else
+           f"its store is {old.store}" if old.store != req.store else
            "some of its nodes are not running (pyswarm lab ls)")
     raise UpError(f"lab {old.name} already exists and {why}: `pyswarm lab start NODE` the "
                   f"stopped ones, or `pyswarm lab down --name {old.name}` first")
@@ -136,6 +156,8 @@ def _build(lab: state.Lab, req: UpRequest, say: Callable[[str], None]) -> None:
     for n in layouts:
         links.add_node(n, lab.bridge, prefix, lab.host_address)
         say(f"{n.name}: namespace {n.netns}, eth0 {n.address}/{prefix}")
+    # The etcd members elect their leader while the daemons boot; init waits for them.
+    _start_members(lab, say)
     archive: Path | None = None
     try:
         if req.images:
@@ -162,6 +184,11 @@ def _build(lab: state.Lab, req: UpRequest, say: Callable[[str], None]) -> None:
         lab.save()
         if archive is not None:
             archive.unlink(missing_ok=True)
+    if lab.members():
+        members = [m.layout(lab.name) for m in lab.members()]
+        etcd.wait_healthy(members, {m.name: node.etcd_pid
+                                    for m, node in zip(members, lab.members(), strict=True)})
+        say(f"etcd: {len(members)} member(s) healthy ({etcd.store_url(members)})")
     _form_cluster(lab, say)
     lab.complete = True
     lab.save()
@@ -174,10 +201,25 @@ def _name_flag(name: str) -> str:
     return "" if name == layout.DEFAULT_NAME else f" --name {name}"
 
 
+def _start_members(lab: state.Lab, say: Callable[[str], None]) -> None:
+    """One etcd member per manager node, all at once: a new cluster needs a majority of
+    its members up to elect a leader."""
+    members = [m.layout(lab.name) for m in lab.members()]
+    for node, n in zip(lab.members(), members, strict=True):
+        node.etcd_pid = etcd.start(n, members)
+        node.etcd_state = state.RUNNING
+        lab.save()
+        say(f"{n.member}: etcd member on {n.name} (pid {node.etcd_pid}), "
+            f"{etcd.client_url(n)}, log {n.etcd_log}")
+
+
 def _form_cluster(lab: state.Lab, say: Callable[[str], None]) -> None:
     manager = lab.manager().layout(lab.name)
-    cluster.init(manager)
-    say(f"{manager.name}: manager (pyswarm init --advertise-addr {manager.address} "
+    store = etcd.store_url([m.layout(lab.name) for m in lab.members()]) if lab.members() \
+        else ""
+    cluster.init(manager, store)
+    say(f"{manager.name}: manager (pyswarm init " + (f"--store {store} " if store else "")
+        + f"--advertise-addr {manager.address} "
         f"--listen-addr {manager.address}:{cluster.MANAGER_PORT})")
     tokens: dict[str, str] = {}
     members = [manager.name]
@@ -225,6 +267,10 @@ def teardown(name: str, lab: state.Lab | None, say: Callable[[str], None] = prin
     """Kill every process of the lab and remove all it made; how many nodes there were."""
     indexes = _discover(name) | {n.index for n in (lab.nodes if lab else [])}
     bridge = lab.bridge if lab else layout.bridge_name(name)
+    # The members go with their nodes' namespaces below; this also finds one whose
+    # namespace is already gone (by its data dir under the lab's folder).
+    if members := etcd.kill_lab(name):
+        say(f"etcd: {members} member(s) killed")
     for k in sorted(indexes):
         n = NodeLayout(name, k, "")
         killed = procs.kill_node(n, nodes.daemon_pid(n))

@@ -1,10 +1,11 @@
 """Forming the lab's cluster with the same commands a user types on real machines.
 
-node1 runs ``pyswarm init --advertise-addr A1 --listen-addr A1:2377``; its join tokens come
-from ``pyswarm join-token -q worker|manager``; every other node runs ``pyswarm join --token
-T --advertise-addr AK A1:2377``, all over the lab network, inside each node: a partitioned
-node loses its manager as a machine would (mutual TLS over TCP, no shortcut through the
-manager's Unix socket).
+node1 runs ``pyswarm init --advertise-addr A1 --listen-addr A1:2377`` (with ``--store
+etcd://A1:2379,...`` in a --store etcd lab); its join tokens come from ``pyswarm join-token
+-q worker|manager``; every other node runs ``pyswarm join --token T --advertise-addr AK
+A1:2377`` with the token of its role (nodes 2..M the manager token), all over the lab
+network, inside each node: a partitioned node loses its manager as a machine would (mutual
+TLS over TCP, no shortcut through the manager's Unix socket).
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ def _pyswarm(node: NodeLayout, *args: str) -> str:
     return out.stdout
 
 
-def init(manager: NodeLayout) -> None:
-    _pyswarm(manager, "init", "--advertise-addr", manager.address,
+def init(manager: NodeLayout, store: str = "") -> None:
+    """``store``: the --store URL (etcd://A1:2379,... in a --store etcd lab), or the
+    default (sqlite on the manager)."""
+    _pyswarm(manager, "init", *(["--store", store] if store else []),
+             "--advertise-addr", manager.address,
              "--listen-addr", f"{manager.address}:{MANAGER_PORT}")
 
 

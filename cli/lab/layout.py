@@ -8,7 +8,9 @@ A lab named NAME owns, and is the only owner of:
 - per node K: the network namespace ``pslab-<NAME>-nodeK`` with ``eth0`` at ``.K``, the
   host end of its veth ``psl-<key>-K`` on the bridge, the state folder
   ``/var/lib/pyswarm-lab/<NAME>/nodeK``, the run folder ``/run/pyswarm-lab/<NAME>/nodeK``
-  and the cgroup parent ``pyswarm-lab-<NAME>-nodeK`` of its containers;
+  and the cgroup parent ``pyswarm-lab-<NAME>-nodeK`` of its containers; on a manager of a
+  lab with ``--store etcd``, its etcd member ``etcdK``, with its data in ``nodeK/etcd`` and
+  its log in ``nodeK/etcd.log`` under the state folder;
 - ``/var/lib/pyswarm-lab/<NAME>/lab.json``, the lab's own record.
 
 Everything `lab down` removes is derived from these names, so a lab leaves no trace even
@@ -132,6 +134,19 @@ class NodeLayout:
     @property
     def socket(self) -> Path:
         return self.run / "pyswarm.sock"
+
+    @property
+    def member(self) -> str:
+        """The lab's name for the etcd member on this node (when it runs one)."""
+        return f"etcd{self.index}"
+
+    @property
+    def etcd_dir(self) -> Path:
+        return self.root / "etcd"
+
+    @property
+    def etcd_log(self) -> Path:
+        return self.root / "etcd.log"
 
     def env(self) -> dict[str, str]:
         """The node's PYSWARM_* settings: what its daemon and its CLI read.

@@ -88,15 +88,18 @@ def kill(node: NodeLayout, pid: int) -> int:
     return procs.kill_node(node, pid)
 
 
-def stop(node: NodeLayout, pid: int, grace: float = STOP_GRACE) -> None:
+def stop(node: NodeLayout, pid: int, grace: float = STOP_GRACE,
+         services: Sequence[int] = ()) -> None:
     """A clean shutdown of the machine, in systemd's order: the daemon is stopped first
-    (SIGTERM, so it leaves the cluster's session cleanly), then every container gets
-    SIGTERM and, after ``grace`` seconds, SIGKILL; then whatever is left."""
-    if pid and procs.alive(pid):
-        procs.signal_all([pid], signal.SIGTERM)
-        if procs.wait_gone([pid], grace):
-            procs.signal_all([pid], signal.SIGKILL)
-            procs.wait_gone([pid], 5)
+    (SIGTERM, so it leaves the cluster's session cleanly), then the services it used
+    (``services``: the node's etcd member), then every container gets SIGTERM and, after
+    ``grace`` seconds, SIGKILL; then whatever is left."""
+    for group in ([pid] if pid else [], list(services)):
+        group = [p for p in group if procs.alive(p)]
+        procs.signal_all(group, signal.SIGTERM)
+        if left := procs.wait_gone(group, grace):
+            procs.signal_all(left, signal.SIGKILL)
+            procs.wait_gone(left, 5)
     containers = procs.in_cgroups(node.cgroup_parent) - procs.protected()
     procs.signal_all(containers, signal.SIGTERM)
     left = procs.wait_gone(containers, grace)

@@ -1,9 +1,9 @@
 """The lab's record, ``/var/lib/pyswarm-lab/<name>/lab.json``, and the lock around it.
 
-The record says what `lab up` built and what was done to each node since (killed, stopped),
-which the kernel cannot tell: a daemon that is gone may have been killed by `lab kill` or
-have crashed. Every command that changes a lab holds the lab folder's flock, so two
-commands never tear one lab apart.
+The record says what `lab up` built and what was done to each node and etcd member since
+(killed, stopped), which the kernel cannot tell: a daemon or member that is gone may have
+been killed by `lab kill` or have crashed. Every command that changes a lab holds the lab
+folder's flock, so two commands never tear one lab apart.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -19,9 +20,11 @@ from typing import Any
 
 from . import layout
 
-# What was last done to a node's daemon: running (started by the lab), killed (lab kill),
-# stopped (lab stop).
+# What was last done to a node's daemon, or to an etcd member: running (started by the
+# lab), killed (lab kill), stopped (lab stop).
 RUNNING, KILLED, STOPPED = "running", "killed", "stopped"
+SQLITE, ETCD = "sqlite", "etcd"  # where the cluster keeps its state (lab up --store)
+_MEMBER = re.compile(r"etcd([1-9][0-9]*)")
 
 
 @dataclass
@@ -31,9 +34,21 @@ class Node:
     role: str  # manager | worker | standalone (left out of the cluster, --standalone)
     pid: int = 0
     state: str = RUNNING
+    # Its etcd member (a manager of a --store etcd lab): the member's pid and what was last
+    # done to it, apart from the daemon (lab kill etcdK) or with it (lab kill nodeK).
+    etcd_pid: int = 0
+    etcd_state: str = STOPPED
 
     def layout(self, lab: str) -> layout.NodeLayout:
         return layout.NodeLayout(lab, self.index, self.address)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a NODE argument names: node K itself, or (``etcd``) the etcd member on it."""
+
+    node: Node
+    etcd: bool = False
 
 
 @dataclass
@@ -46,13 +61,38 @@ class Lab:
     nodes: list[Node] = field(default_factory=list)
     complete: bool = False  # lab up got to its end
     firewall_rule: bool = False  # an iptables FORWARD accept for the bridge was added
+    store: str = SQLITE  # etcd: an etcd member runs on every manager (records before: sqlite)
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
             if node.layout(self.name).name == name:
                 return node
         known = ", ".join(n.layout(self.name).name for n in self.nodes) or "none"
-        raise LookupError(f'no node "{name}" in lab {self.name} (its nodes: {known})')
+        members = ", ".join(n.layout(self.name).member for n in self.members())
+        raise LookupError(f'no node "{name}" in lab {self.name} (its nodes: {known}'
+                          + (f"; its etcd members: {members})" if members else ")"))
+
+    def members(self) -> list[Node]:
+        """The nodes that run an etcd member: the managers, in a --store etcd lab."""
+        return [n for n in self.nodes if n.role == "manager"] if self.store == ETCD else []
+
+    def target(self, name: str) -> Target:
+        """A NODE argument: ``nodeK``, or ``etcdK`` for the etcd member on manager nodeK."""
+        m = _MEMBER.fullmatch(name)
+        if m is None:
+            return Target(self.node(name))
+        if self.store != ETCD:
+            raise LookupError(f'no etcd member "{name}": lab {self.name} keeps the cluster '
+                              f"state in sqlite on node1 (etcd members run in labs made "
+                              f"with `pyswarm lab up --store etcd`)")
+        members = [n.layout(self.name).member for n in self.members()]
+        for node in self.members():
+            if node.index == int(m.group(1)):
+                return Target(node, etcd=True)
+        which = next((f"node{m.group(1)} is a {n.role}" for n in self.nodes
+                      if n.index == int(m.group(1))), f"there is no node{m.group(1)}")
+        raise LookupError(f'no etcd member "{name}" in lab {self.name}: {which}, and the '
+                          f"members run on the managers ({', '.join(members)})")
 
     def layouts(self) -> list[layout.NodeLayout]:
         return [n.layout(self.name) for n in self.nodes]
@@ -72,6 +112,7 @@ class Lab:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Lab:
+        """A record as saved; one from an older lab lacks the newer fields (defaults)."""
         nodes = [Node(**n) for n in data.get("nodes", [])]
         return cls(**{**data, "nodes": nodes})
 
