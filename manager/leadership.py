@@ -153,6 +153,8 @@ class Terms:
                     if (member := _member(value)) is not None:
                         self.members[member[0]] = member[1]
                 lead = _member(leading)
+                if (lead[0] if lead else "") != self.leader_id:
+                    _log(f"the leader is now {lead[1] if lead else 'none (an election)'}")
                 self.leader_id = lead[0] if lead else ""
                 if lead and lead[1]:
                     self.members.setdefault(lead[0], lead[1])

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyswarm.common.errors import Unavailable
 from pyswarm.manager.config import ManagerConfig
 from pyswarm.manager.dispatcher.dispatcher import Dispatcher
 from pyswarm.manager.dispatcher.probe import IngressProbe
@@ -140,6 +141,11 @@ async def _supervise(name: str, loop: Callable[[], Awaitable[None]],
         except NotLeader:
             deposed()
             return
+        except Unavailable as exc:  # etcd lost for a moment: the next pass starts over
+            print(f"pyswarm manager: the {name} loop stopped: {exc}; restarting it",
+                  flush=True)
+            await asyncio.sleep(0.5)
+            continue
         except Exception as exc:  # noqa: BLE001
             print(f"pyswarm manager: the {name} loop crashed, restarting it: {exc!r}",
                   flush=True)

@@ -90,6 +90,13 @@ class Lab:
         """The manager's `node ls`, by hostname."""
         return {n["hostname"]: n for n in self.json_lines("node", "ls", "--format", "json")}
 
+    def nodes_via(self, manager: str) -> dict[str, dict[str, Any]]:
+        """`node ls` on `manager`, by hostname ({} if it does not answer)."""
+        out = self.cli("node", "ls", "--format", "json", node=manager, check=False, timeout=30)
+        if out.returncode != 0:
+            return {}
+        return {n["hostname"]: n for n in map(json.loads, out.stdout.splitlines())}
+
     def status(self, node: str) -> str:
         return str(self.nodes().get(node, {}).get("status", ""))
 

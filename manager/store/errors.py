@@ -24,3 +24,7 @@ class VersionConflict(Conflict):
 class NotLeader(Unavailable):
     """A leader-only write (the orchestrator's, scheduler's, allocator's, dispatcher's) from
     a manager that is not the leader, or whose leadership ended before the write landed."""
+
+
+class StoreUnavailable(Unavailable):
+    """The shared store could not be reached (etcd without a majority, or unreachable)."""

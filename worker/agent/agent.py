@@ -71,6 +71,7 @@ class Agent:
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._outbox = Outbox()
         self._session_id = ""
+        self._session_with = ""  # the manager of the last session (remotes.py)
         self._stub: Any = None
         self.on_tasks_changed = on_tasks_changed
         self.before_report = before_report
@@ -84,12 +85,13 @@ class Agent:
 
     async def run(self) -> None:
         backoff = BACKOFF_MIN
+        last: tuple[str, Any, str] | None = None  # the last failure said in the log
         while True:
             target = self.remotes.pick()
             channel = self.channel_factory(target)
             try:
                 await self._session(cpb_grpc.DispatcherStub(channel), target)
-                backoff = BACKOFF_MIN
+                backoff, last = BACKOFF_MIN, None
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
@@ -99,10 +101,12 @@ class Agent:
                     backoff = BACKOFF_MIN
                 else:
                     self.remotes.failed(target)
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
-                                      grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNKNOWN,
-                                      grpc.StatusCode.FAILED_PRECONDITION):
-                    print(f"pyswarm agent: session failed: {exc.details()}", flush=True)
+                said = (target, exc.code(), exc.details())
+                if said != last:  # once per kind of failure, not once per attempt
+                    print(f"pyswarm agent: no session with {target or 'the manager'} "
+                          f"({exc.code().name}: {exc.details()}); next: "
+                          f"{self.remotes.pick()}", flush=True)
+                    last = said
             except Exception as exc:  # noqa: BLE001 - a bug must not end the agent
                 print(f"pyswarm agent: session error: {exc!r}", flush=True)
             finally:
@@ -119,6 +123,10 @@ class Agent:
             async for message in call:
                 if not self._session_id or message.session_id != self._session_id:
                     self._session_id = message.session_id
+                    if target != self._session_with:
+                        print(f"pyswarm agent: in session with {target or 'the manager'}",
+                              flush=True)
+                        self._session_with = target
                     self.remotes.worked(target)
                     if message.managers:
                         self.remotes.learned(message.managers)

@@ -39,7 +39,7 @@ import grpc
 from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
-from ..errors import NotLeader, VersionConflict
+from ..errors import NotLeader, StoreUnavailable, VersionConflict
 from .base import Change, ChangeBatch, Fence, Op, Record
 from .etcd_election import REQUIRE_LEADER, Leadership, campaign, leader, register, roster
 
@@ -152,10 +152,18 @@ class EtcdBackend:
             else:
                 success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=op.data)))
             failure.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=key, keys_only=True)))
-        reply = await rpc.KVStub(self._chan()).Txn(
-            rpc.TxnRequest(compare=compare, success=success, failure=failure),
-            timeout=RPC_TIMEOUT,
-        )
+        try:
+            reply = await rpc.KVStub(self._chan()).Txn(
+                rpc.TxnRequest(compare=compare, success=success, failure=failure),
+                timeout=RPC_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                    grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            raise StoreUnavailable(
+                f"the cluster store (etcd) did not answer: {error.details()}; the write may "
+                f"or may not have been applied, and retrying it is safe") from None
         if reply.succeeded:
             return int(reply.header.revision)
         reads = list(reply.responses)

@@ -71,8 +71,11 @@ class Lease:
                 try:
                     while True:
                         sent = time.monotonic()
-                        await call.write(rpc.LeaseKeepAliveRequest(ID=self.id))
-                        reply = await asyncio.wait_for(call.read(), max(self.left(), 0.001))
+                        # the whole exchange within what is left: a stream stuck on a
+                        # member that lost its peers may block a write as well as a read
+                        async with asyncio.timeout(max(self.left(), 0.001)):
+                            await call.write(rpc.LeaseKeepAliveRequest(ID=self.id))
+                            reply = await call.read()
                         if reply is grpc.aio.EOF:
                             raise ConnectionError("etcd ended the keep-alive stream")
                         if reply.TTL <= 0:
@@ -81,9 +84,10 @@ class Lease:
                         self._expires = sent + reply.TTL
                         await asyncio.sleep(self.ttl / 4)
                 except (grpc.aio.AioRpcError, ConnectionError, TimeoutError) as error:
-                    what = error.details() if isinstance(error, grpc.aio.AioRpcError) else error
-                    log.warning("lease %x: keep-alive failed (%s); %.1fs left", self.id,
-                                what or type(error).__name__, self.left())
+                    what = (error.details() if isinstance(error, grpc.aio.AioRpcError)
+                            else str(error)) or type(error).__name__
+                    log.warning("lease %x: keep-alive failed (%s); %.1fs left", self.id, what,
+                                self.left())
                 finally:
                     call.cancel()
                 await asyncio.sleep(min(RETRY, max(self.left(), 0)))
@@ -178,8 +182,11 @@ async def register(channel: grpc.aio.Channel, key: bytes, value: bytes, ttl: int
             await rpc.KVStub(channel).Put(rpc.PutRequest(key=key, value=value, lease=lease.id),
                                           timeout=RPC_TIMEOUT)
             await lease.lost.wait()
-        except grpc.aio.AioRpcError as error:
-            log.warning("roster: cannot register %s (%s)", key.decode(), error.details())
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - whatever failed, register again
+            what = error.details() if isinstance(error, grpc.aio.AioRpcError) else repr(error)
+            log.warning("roster: cannot register %s (%s)", key.decode(), what)
         finally:
             if lease is not None:
                 await asyncio.shield(lease.revoke())
