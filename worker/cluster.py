@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -177,29 +177,44 @@ class ClusterHost:
             endpoint = ManagerEndpoint(format_addr(*listen), advertise)
             # (fails before anything is written)
             await self._start_manager(identity, endpoint.nodes_addr())
-            assert self.manager is not None
-            try:
-                self._certs = self._sign_own(identity, cluster)
-                try:
-                    await self._serve_tls(listen)
-                except OSError as exc:
-                    raise FailedPrecondition(
-                        f"cannot listen on {format_addr(*listen)}: {exc.strerror or exc}; "
-                        f"choose another address with --listen-addr") from None
-                self._certs.save(self.cfg.root)
-                endpoint.save(self.state_dir)
-                await self.manager.store.update(lambda tx: ca.create_cluster(tx, cluster))
-            except BaseException:
-                await self._stop_manager()
-                membership.remove_certs(self.cfg.root)
-                (self.state_dir / "endpoint.json").unlink(missing_ok=True)
-                raise
-            self.manager_endpoint = endpoint
+            manager = self.manager
+            assert manager is not None
+
+            async def store_the_cluster() -> None:
+                await manager.store.update(lambda tx: ca.create_cluster(tx, cluster))
+
+            await self._serve_as_manager(listen, endpoint,
+                                         lambda: self._sign_own(identity, cluster),
+                                         store_the_cluster)
             identity.save(self.state_dir)  # last: it is what marks this node a manager
             self._start_agent(identity.node_id, self._manager_node_channel, advertise,
                               self._manager_remotes())
             self._renewals = asyncio.create_task(self._renew_loop(), name="certificate renewal")
             return cpb.InitResponse(node_id=identity.node_id, cluster_id=identity.cluster_id)
+
+    async def _serve_as_manager(self, listen: tuple[str, int], endpoint: ManagerEndpoint,
+                                certs: Callable[[], NodeCerts],
+                                then: Callable[[], Awaitable[None]] | None = None) -> None:
+        """The started manager's TLS port, with its certificate, and its files kept (then
+        `then`); on any failure the manager is stopped and none of its files is left."""
+        try:
+            self._certs = certs()
+            try:
+                await self._serve_tls(listen)
+            except OSError as exc:
+                raise FailedPrecondition(
+                    f"cannot listen on {format_addr(*listen)}: {exc.strerror or exc}; "
+                    f"choose another address with --listen-addr") from None
+            self._certs.save(self.cfg.root)
+            endpoint.save(self.state_dir)
+            if then is not None:
+                await then()
+        except BaseException:
+            await self._stop_manager()
+            membership.remove_certs(self.cfg.root)
+            (self.state_dir / "endpoint.json").unlink(missing_ok=True)
+            raise
+        self.manager_endpoint = endpoint
 
     def _sign_own(self, identity: ClusterIdentity,
                   cluster: opb.Cluster | None = None) -> NodeCerts:
@@ -319,22 +334,7 @@ class ClusterHost:
         endpoint = ManagerEndpoint(format_addr(*listen), advertise)
         (self.cfg.root / "node_id").write_text(answer.node_id)
         await self._start_manager(identity, endpoint.nodes_addr())
-        try:
-            self._certs = certs
-            try:
-                await self._serve_tls(listen)
-            except OSError as exc:
-                raise FailedPrecondition(
-                    f"cannot listen on {format_addr(*listen)}: {exc.strerror or exc}; "
-                    f"choose another address with --listen-addr") from None
-            certs.save(self.cfg.root)
-            endpoint.save(self.state_dir)
-        except BaseException:
-            await self._stop_manager()
-            membership.remove_certs(self.cfg.root)
-            (self.state_dir / "endpoint.json").unlink(missing_ok=True)
-            raise
-        self.manager_endpoint = endpoint
+        await self._serve_as_manager(listen, endpoint, lambda: certs)
         identity.save(self.state_dir)  # last: it is what marks this node a manager
         remotes = self._manager_remotes()
         remotes.learned([via])
