@@ -266,7 +266,9 @@ def test_with_an_etcd_store_a_manager_token_registers_a_manager(
         manager.cli("init", "--store", f"etcd://{etcd_server.endpoint}/tls-{free_port()}/",
                     "--advertise-addr", "127.0.0.1", "--listen-addr", addr)
         token = manager.cli("join-token", "-q", "manager").stdout.strip()
-        out = second.cli("join", "--token", token, "--advertise-addr", "127.0.0.1", addr)
+        # a manager serves a TLS port of its own: not 2377, which the machine may hold
+        out = second.cli("join", "--token", token, "--advertise-addr", "127.0.0.1",
+                         "--listen-addr", f"127.0.0.1:{free_port()}", addr)
         assert out.stdout.startswith("This node joined a swarm as a manager.")
         assert "it runs tasks as a worker does" in out.stdout
 
