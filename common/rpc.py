@@ -23,6 +23,11 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
 ]
 
 
+# Trailing metadata of a follower manager's refusal of a dispatcher call: the leader's
+# ADDR:PORT, where the node's agent goes next.
+LEADER_KEY = "pyswarm-leader"
+
+
 def status_for(exc: errors.PyswarmError) -> grpc.StatusCode:
     for kind, code in _CODES:
         if isinstance(exc, kind):

@@ -60,7 +60,6 @@ class Terms:
         self.manager = manager
         self.leader_id = ""
         self.members: dict[str, str] = {}  # node id -> ADDR:PORT of every live manager
-        self.terms = 0  # how many times this manager took office
         self._tasks: list[asyncio.Task[None]] = []
         self._deposed = asyncio.Event()
 
@@ -91,7 +90,6 @@ class Terms:
         if not m.store.shared:
             self.leader_id = m.identity.node_id
             self.members = {m.identity.node_id: m.addr}
-            self.terms = 1
             await m.take_office(lambda: None)
             return
         backend: Any = m.store.backend
@@ -121,7 +119,6 @@ class Terms:
                 continue
             self._deposed.clear()
             m.store.fence = leadership.fence
-            self.terms += 1
             self.leader_id = m.identity.node_id
             self.members[m.identity.node_id] = m.addr
             _log(f"this manager leads (term at etcd revision {leadership.fence.revision})")

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import grpc
 
 from pyswarm.common.errors import FailedPrecondition
-from pyswarm.common.rpc import user_errors
+from pyswarm.common.rpc import LEADER_KEY, user_errors
 from pyswarm.manager import control
 from pyswarm.manager.dispatcher.dispatcher import Dispatcher
 from pyswarm.manager.dispatcher.netpush import Serialized, serialize_session
@@ -247,9 +247,6 @@ def add_dispatcher(servicer: DispatcherServicer, server: grpc.aio.Server) -> Non
     name = cpb.DESCRIPTOR.services_by_name["Dispatcher"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
     server.add_registered_method_handlers(name, handlers)
-
-
-LEADER_KEY = "pyswarm-leader"  # trailing metadata of a follower's refusal: where to go
 
 
 def _dispatcher(host: ManagerHost) -> Dispatcher:

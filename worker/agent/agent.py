@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 
 from pyswarm.common.netdelta import NetworkView, StaleDelta
+from pyswarm.common.rpc import LEADER_KEY
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from pyswarm.proto import objects_pb2 as opb
@@ -39,6 +40,11 @@ from pyswarm.worker.engine.records import ContainerRecord
 from pyswarm.worker.engine.service import ExitWatcher
 
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0  # seconds between reconnection attempts
+# Session failures said once per kind (a manager gone or restarting, a follower's
+# redirect); any other (a refusal: PERMISSION_DENIED...) is said at every attempt.
+TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
+             grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.NOT_FOUND,
+             grpc.StatusCode.FAILED_PRECONDITION}
 
 
 def describe_node() -> opb.NodeDescription:
@@ -102,7 +108,7 @@ class Agent:
                 else:
                     self.remotes.failed(target)
                 said = (target, exc.code(), exc.details())
-                if said != last:  # once per kind of failure, not once per attempt
+                if said != last or exc.code() not in TRANSIENT:
                     print(f"pyswarm agent: no session with {target or 'the manager'} "
                           f"({exc.code().name}: {exc.details()}); next: "
                           f"{self.remotes.pick()}", flush=True)
@@ -244,8 +250,8 @@ DEFAULT_STRAY_GRACE = 10.0  # seconds a stray container gets to stop before SIGK
 
 
 def _leader_named(exc: grpc.aio.AioRpcError) -> str | None:
-    """The leader's address a follower's refusal names (servicers.LEADER_KEY), or None."""
+    """The leader's address a follower's refusal names (common.rpc.LEADER_KEY), or None."""
     for key, value in exc.trailing_metadata() or ():
-        if key == "pyswarm-leader":
+        if key == LEADER_KEY:
             return value if isinstance(value, str) else value.decode()
     return None
