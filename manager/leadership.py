@@ -109,34 +109,47 @@ class Terms:
         self._tasks = []
 
     async def _serve_terms(self, backend: Any) -> None:
+        while True:
+            try:
+                await self._serve_a_term(backend)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a manager never stops campaigning
+                _log(f"a term ended in an error ({exc!r}); campaigning again")
+                await asyncio.sleep(RETRY)
+
+    async def _serve_a_term(self, backend: Any) -> None:
+        """Campaign; once elected, lead until the term ends."""
         m = self.manager
         while True:
             try:
                 leadership = await backend.campaign(ELECTION, self._value(), ttl=LEASE_TTL)
+                break
             except Exception as exc:  # noqa: BLE001 - etcd unreachable: campaign again
                 _log(f"cannot campaign for leadership ({_why(exc)}); retrying")
                 await asyncio.sleep(RETRY)
-                continue
-            self._deposed.clear()
-            m.store.fence = leadership.fence
-            self.leader_id = m.identity.node_id
-            self.members[m.identity.node_id] = m.addr
-            _log(f"this manager leads (term at etcd revision {leadership.fence.revision})")
-            try:
-                await m.take_office(self._deposed.set)
-                await _first(leadership.lost.wait(), self._deposed.wait())
-                why = ("its lease could not be kept alive" if leadership.lost.is_set()
-                       else "a write found its term over")
-                _log(f"this manager no longer leads: {why}")
-            finally:
-                m.store.fence = None
-                if self.leader_id == m.identity.node_id:
-                    self.leader_id = ""
-                await asyncio.shield(self._end_term(leadership))
+        self._deposed.clear()
+        m.store.fence = leadership.fence
+        self.leader_id = m.identity.node_id
+        self.members[m.identity.node_id] = m.addr
+        _log(f"this manager leads (term at etcd revision {leadership.fence.revision})")
+        try:
+            await m.take_office(self._deposed.set)
+            await _first(leadership.lost.wait(), self._deposed.wait())
+            why = ("its lease could not be kept alive" if leadership.lost.is_set()
+                   else "a write found its term over")
+            _log(f"this manager no longer leads: {why}")
+        finally:
+            m.store.fence = None
+            if self.leader_id == m.identity.node_id:
+                self.leader_id = ""
+            await asyncio.shield(self._end_term(leadership))
 
     async def _end_term(self, leadership: Any) -> None:
-        await self.manager.leave_office()
-        await leadership.resign()
+        try:
+            await self.manager.leave_office()
+        finally:  # whatever happened, the key goes: another manager can lead
+            await leadership.resign()
 
     async def _follow_roster(self, backend: Any) -> None:
         while True:

@@ -85,3 +85,63 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
             proc.kill()
             proc.wait()
         log.close()
+
+
+class EtcdCluster:
+    """Several real etcd members on local ports, each killed (SIGKILL) and started again
+    at will: the member failures a manager's client must ride out."""
+
+    def __init__(self, base: Path, size: int = 3) -> None:
+        self.base = base
+        self.names = [f"m{i}" for i in range(1, size + 1)]
+        self.clients = {n: f"127.0.0.1:{_free_port()}" for n in self.names}
+        self.peers = {n: f"http://127.0.0.1:{_free_port()}" for n in self.names}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [self.clients[n] for n in self.names]
+
+    def start(self, name: str, existing: bool = False) -> None:
+        client = f"http://{self.clients[name]}"
+        with open(self.base / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [ETCD, "--name", name, "--data-dir", str(self.base / name),
+                 "--listen-client-urls", client, "--advertise-client-urls", client,
+                 "--listen-peer-urls", self.peers[name],
+                 "--initial-advertise-peer-urls", self.peers[name],
+                 "--initial-cluster", ",".join(f"{n}={self.peers[n]}" for n in self.names),
+                 "--initial-cluster-state", "existing" if existing else "new",
+                 "--pre-vote=true"],
+                stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.kill()
+        proc.wait()
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(_healthy(self.clients[n]) for n in self.procs):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd members not healthy; see the logs in {self.base}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.kill(name)
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """A three-member etcd cluster for one test."""
+    if not os.path.exists(ETCD):
+        pytest.skip(f"{ETCD} is absent: apt-get install etcd-server")
+    cluster = EtcdCluster(tmp_path)
+    try:
+        for name in cluster.names:
+            cluster.start(name)
+        cluster.wait_healthy()
+        yield cluster
+    finally:
+        cluster.stop()

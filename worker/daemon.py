@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pyswarm.common.paths import EngineConfig
 
@@ -129,6 +130,40 @@ def _raise_open_files() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+class StampedLog:
+    """A text stream that starts every line with the UTC time (as dockerd's log does), so
+    the order of events across nodes' logs can be read: the daemon's stdout and stderr once
+    they go to its log file."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._at_line_start = True
+
+    def write(self, text: str) -> int:
+        out = []
+        for piece in text.splitlines(keepends=True):
+            if self._at_line_start:
+                now = time.time()
+                out.append(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+                           + f".{int(now % 1 * 1000):03d}Z ")
+            out.append(piece)
+            self._at_line_start = piece.endswith("\n")
+        self._raw.write("".join(out))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, isatty, encoding, ...
+        return getattr(self._raw, name)
+
+
+def _stamp_output() -> None:
+    import logging
+
+    sys.stdout = StampedLog(sys.stdout)  # type: ignore[assignment]
+    sys.stderr = StampedLog(sys.stderr)  # type: ignore[assignment]
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="pyswarm %(name)s: %(levelname)s: %(message)s")
+
+
 def run(cfg: EngineConfig) -> int:
     if os.geteuid() != 0:
         print("pyswarm daemon: needs root (namespaces, cgroups, mounts, nftables)",
@@ -172,6 +207,7 @@ def detach(cfg: EngineConfig, log_path: Path, timeout: float = 30.0) -> int:
         os.dup2(log, 2)
         os.close(log)
         os.close(null)
+        _stamp_output()
         os._exit(run(cfg))
     os.close(write_end)
     os.waitpid(pid, 0)

@@ -84,6 +84,10 @@ def command(member: NodeLayout, members: Sequence[NodeLayout], existing: bool,
         "--initial-cluster-token", member.lab,
         "--initial-cluster-state", "existing" if existing else "new",
         "--max-request-bytes", str(MAX_REQUEST_BYTES),
+        # a member back from a partition asks before it starts an election: without it, its
+        # inflated term would depose the majority's leader (and with it every lease's
+        # renewal for an election's length); etcd 3.5 turns it on by default
+        "--pre-vote=true",  # a Go bool flag: only this form
         "--logger", "zap",  # etcd 3.4's default (capnslog) warns that it is deprecated
     ]
 

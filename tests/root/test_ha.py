@@ -95,7 +95,26 @@ def _wait_whole(lab: Lab, timeout: float = 60) -> str:
         return str(wait_for("every manager reachable, one leader, every node ready", whole,
                             timeout))
     except AssertionError:
-        raise AssertionError(f"not whole after {timeout:.0f}s: {seen}") from None
+        raise AssertionError(f"not whole after {timeout:.0f}s: {seen}\n"
+                             f"{_etcd_view(lab)}") from None
+
+
+def _etcd_view(lab: Lab) -> str:
+    """What etcd itself holds about the managers (election key, roster, leases), read in
+    each running manager's namespace from its own member: for a failure message."""
+    lines = []
+    for node in MANAGERS:
+        if lab.ls()[node]["state"] != "running":
+            continue
+        out = lab.exec(node, "etcdctl", "--endpoints", "http://127.0.0.1:2379",
+                       "--command-timeout", "3s", "get", "--prefix", "/pyswarm/v1.",
+                       check=False, timeout=10)
+        leases = lab.exec(node, "etcdctl", "--endpoints", "http://127.0.0.1:2379",
+                          "--command-timeout", "3s", "lease", "list", check=False, timeout=10)
+        lines.append(f"etcd via {node} ({time.strftime('%H:%M:%S', time.gmtime())}Z): "
+                     f"{(out.stdout + out.stderr).strip()!r}; "
+                     f"{(leases.stdout + leases.stderr).strip()!r}")
+    return "\n".join(lines)
 
 
 def _stack(tmp: Path, name: str, replicas: int) -> Path:

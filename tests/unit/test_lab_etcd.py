@@ -79,7 +79,8 @@ def test_a_manager_cannot_be_standalone_with_etcd_either() -> None:
 
 def flags(argv: list[str]) -> dict[str, str]:
     assert argv[0] == etcd.ETCD
-    rest = argv[1:]
+    # a Go bool flag takes its value only as --flag=value ("--flag true" is refused)
+    rest = [part for a in argv[1:] for part in (a.split("=", 1) if a.startswith("--") else [a])]
     assert all(a.startswith("--") for a in rest[::2])
     return dict(zip(rest[::2], rest[1::2], strict=True))
 
@@ -99,6 +100,7 @@ def test_a_new_member_of_three() -> None:
     assert f["--initial-cluster-token"] == "t"  # the lab's name
     assert f["--initial-cluster-state"] == "new"
     assert f["--max-request-bytes"] == str(10 * 1024 * 1024)
+    assert f["--pre-vote"] == "true"
     # etcd's default 128 ops per txn: what the manager's EtcdBackend assumes.
     assert "--max-txn-ops" not in f
 

@@ -31,7 +31,6 @@ Policy:
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import AsyncIterator
 
@@ -41,7 +40,8 @@ from aetcd.utils import prefix_range_end
 
 from ..errors import NotLeader, StoreUnavailable, VersionConflict
 from .base import Change, ChangeBatch, Fence, Op, Record
-from .etcd_election import REQUIRE_LEADER, Leadership, campaign, leader, register, roster
+from .etcd_election import Leadership, campaign, leader, register, roster
+from .etcd_members import REQUIRE_LEADER, Members, kv
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +49,6 @@ DEFAULT_PREFIX = "/pyswarm/v1/"
 PAGE = 1000  # keys per Range page at load: well under gRPC's 4 MiB message limit
 RPC_TIMEOUT = 30.0  # a single unary call (a 10,000-key commit takes about a second)
 RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)  # the watch's backoff, then every 5 s
-_CHANNEL_OPTIONS = [
-    # A commit of 10,000 tasks is a few MiB on the wire; so is a watch response for it.
-    ("grpc.max_receive_message_length", 256 << 20),
-    ("grpc.max_send_message_length", 256 << 20),
-    # Several members: spread calls over them and drop a dead one at once (pick_first
-    # would fail calls until it reconnects).
-    ("grpc.lb_policy_name", "round_robin"),
-]
-
-
-def _target(endpoints: list[str]) -> str:
-    """A gRPC target: several literal IPs become one channel that fails over between them."""
-    try:
-        for endpoint in endpoints:
-            ipaddress.ip_address(endpoint.rsplit(":", 1)[0].strip("[]"))
-    except ValueError:
-        return endpoints[0]  # names: gRPC resolves one target; use the first
-    return "ipv4:" + ",".join(endpoints) if len(endpoints) > 1 else endpoints[0]
 
 
 class EtcdBackend:
@@ -79,7 +61,7 @@ class EtcdBackend:
         self.prefix = prefix
         self.max_ops: int | None = max_txn_ops
         self._prefix = prefix.encode()
-        self._channel: grpc.aio.Channel | None = None
+        self.members = Members(endpoints)  # calls go to one member, the next on failure
         self._loaded = 0
         self._watch_call: grpc.aio.StreamStreamCall | None = None
 
@@ -90,25 +72,15 @@ class EtcdBackend:
         kind, slash, id = key[len(self._prefix) :].decode().partition("/")
         return (kind, id) if slash else None
 
-    def _chan(self) -> grpc.aio.Channel:
-        if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(
-                _target(self.endpoints), options=_CHANNEL_OPTIONS
-            )
-        return self._channel
-
     # ---- load ---------------------------------------------------------------------------
 
     async def load(self) -> tuple[int, dict[str, dict[str, Record]]]:
-        kv = rpc.KVStub(self._chan())
         end = prefix_range_end(self._prefix)
         key, revision = self._prefix, 0
         objects: dict[str, dict[str, Record]] = {}
         while True:
-            reply = await kv.Range(
-                rpc.RangeRequest(key=key, range_end=end, limit=PAGE, revision=revision),
-                timeout=RPC_TIMEOUT,
-            )
+            reply = await self.members.call(kv("Range", rpc.RangeRequest(
+                key=key, range_end=end, limit=PAGE, revision=revision), RPC_TIMEOUT))
             revision = revision or reply.header.revision
             for item in reply.kvs:
                 parsed = self._parse(item.key)
@@ -153,10 +125,8 @@ class EtcdBackend:
                 success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=op.data)))
             failure.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=key, keys_only=True)))
         try:
-            reply = await rpc.KVStub(self._chan()).Txn(
-                rpc.TxnRequest(compare=compare, success=success, failure=failure),
-                timeout=RPC_TIMEOUT,
-            )
+            reply = await self.members.call(kv("Txn", rpc.TxnRequest(
+                compare=compare, success=success, failure=failure), RPC_TIMEOUT))
         except grpc.aio.AioRpcError as error:
             if error.code() not in (grpc.StatusCode.UNAVAILABLE,
                                     grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -197,7 +167,8 @@ class EtcdBackend:
         start = self._loaded + 1
         failures = 0
         while True:
-            call = rpc.WatchStub(self._chan()).Watch(metadata=REQUIRE_LEADER)
+            channel = self.members.channel()
+            call = rpc.WatchStub(channel).Watch(metadata=REQUIRE_LEADER)
             self._watch_call = call
             try:
                 await call.write(
@@ -233,6 +204,7 @@ class EtcdBackend:
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                 failures += 1
                 log.warning("etcd watch dropped (%s); resuming at %d in %.1fs", error, start, delay)
+                self.members.failed(channel, error)
                 await asyncio.sleep(delay)
             finally:
                 self._watch_call = None
@@ -269,24 +241,22 @@ class EtcdBackend:
 
     async def campaign(self, name: str, value: bytes, ttl: int = 10) -> Leadership:
         """Block until this manager leads election `name`."""
-        return await campaign(self._chan(), self._side_key("election", name), value, ttl)
+        return await campaign(self.members, self._side_key("election", name), value, ttl)
 
     async def leader(self, name: str) -> bytes | None:
         """The value the current leader of `name` campaigned with, or None."""
-        return await leader(self._chan(), self._side_key("election", name))
+        return await leader(self.members, self._side_key("election", name))
 
     async def register(self, member: str, value: bytes, ttl: int) -> None:
         """Keep this manager in the roster while this runs (etcd_election.register)."""
-        await register(self._chan(), self._side_key("managers", member), value, ttl)
+        await register(self.members, self._side_key("managers", member), value, ttl)
 
     async def roster(self, election: str) -> tuple[bytes | None, dict[str, bytes]]:
         """The leader of `election` and every registered manager."""
-        return await roster(self._chan(), self._side_key("election", election),
+        return await roster(self.members, self._side_key("election", election),
                             self._side_key("managers", ""))
 
     async def close(self) -> None:
         if self._watch_call is not None:
             self._watch_call.cancel()
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        await self.members.close()

@@ -10,9 +10,12 @@ Policy:
   once the lease is not known to be alive any more, that is at the expiry implied by the
   last answered keep-alive (measured from when it was sent, so never later than etcd's),
   whether the stream failed, hung (a cut link) or answered "gone".
-- Keep-alive streams and watches carry etcd's `hasleader` metadata: a member cut off from
-  its cluster's majority ends them rather than serving them from stale state, and the
-  client moves on to another member.
+- Every call goes to one member at a time (etcd_members.py) and carries etcd's
+  `hasleader` metadata: a member cut off from its cluster's majority refuses rather than
+  serving stale state or hanging, and the client moves on to the next member.
+- One keep-alive exchange may take at most EXCHANGE seconds: a member that does not answer
+  in that time (a cut link) is left for the next one while the lease still has time, so
+  one bad member does not cost the lease.
 - Each manager also registers itself under `<prefix>.managers/<node id>` with a lease of its
   own: the roster (`roster()`) is who is alive and reaching etcd, and the leader.
 - Both keys live beside the object prefix (`/pyswarm/v1.election/...`), not under it, so
@@ -31,34 +34,39 @@ from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
 from .base import Fence
+from .etcd_members import REQUIRE_LEADER, Members, kv
 
 log = logging.getLogger(__name__)
 
-REQUIRE_LEADER = (("hasleader", "true"),)  # etcd's rpctypes.MetadataRequireLeaderKey
 RPC_TIMEOUT = 5.0
+# A revoke only hastens what expiry does anyway within the TTL: never wait long for it (a
+# registration or campaign that failed goes on after it).
+REVOKE_TIMEOUT = 1.0
 # Stop believing in a lease this long before the expiry its last keep-alive implies: etcd
 # and this process measure time on different clocks (rates, not offsets: both monotonic).
 MARGIN = 0.1
-RETRY = 0.2  # seconds between attempts to reopen a failed keep-alive stream
+RETRY = 0.2  # seconds before watching or registering again after a failure
+KEEPALIVE_RETRY = 0.05  # seconds before reopening a failed keep-alive stream
+EXCHANGE = 0.5  # seconds one keep-alive exchange may take before its member is left
 
 
 class Lease:
     """An etcd lease kept alive until it is revoked or can no longer be vouched for."""
 
-    def __init__(self, channel: grpc.aio.Channel, lease_id: int, ttl: int, granted_at: float):
+    def __init__(self, members: Members, lease_id: int, ttl: int, granted_at: float):
         self.id = lease_id
         self.ttl = ttl
         self.lost = asyncio.Event()
-        self._channel = channel
+        self._members = members
         self._expires = granted_at + ttl
         self._task = asyncio.create_task(self._keep_alive(), name=f"lease {lease_id:x}")
 
     @classmethod
-    async def grant(cls, channel: grpc.aio.Channel, ttl: int) -> Lease:
+    async def grant(cls, members: Members, ttl: int) -> Lease:
         asked = time.monotonic()
-        reply = await rpc.LeaseStub(channel).LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl),
-                                                        timeout=RPC_TIMEOUT)
-        return cls(channel, reply.ID, reply.TTL, asked)
+        reply = await members.call(lambda ch: rpc.LeaseStub(ch).LeaseGrant(
+            rpc.LeaseGrantRequest(TTL=ttl), timeout=RPC_TIMEOUT, metadata=REQUIRE_LEADER))
+        return cls(members, reply.ID, reply.TTL, asked)
 
     def left(self) -> float:
         """Seconds this lease is known to live, at least."""
@@ -67,13 +75,14 @@ class Lease:
     async def _keep_alive(self) -> None:
         try:
             while self.left() > 0:
-                call = rpc.LeaseStub(self._channel).LeaseKeepAlive(metadata=REQUIRE_LEADER)
+                channel = self._members.channel()
+                call = rpc.LeaseStub(channel).LeaseKeepAlive(metadata=REQUIRE_LEADER)
                 try:
                     while True:
                         sent = time.monotonic()
-                        # the whole exchange within what is left: a stream stuck on a
-                        # member that lost its peers may block a write as well as a read
-                        async with asyncio.timeout(max(self.left(), 0.001)):
+                        # the whole exchange bounded: a stream stuck on a member that lost
+                        # its peers may block a write as well as a read
+                        async with asyncio.timeout(max(min(self.left(), EXCHANGE), 0.001)):
                             await call.write(rpc.LeaseKeepAliveRequest(ID=self.id))
                             reply = await call.read()
                         if reply is grpc.aio.EOF:
@@ -83,25 +92,38 @@ class Lease:
                             return
                         self._expires = sent + reply.TTL
                         await asyncio.sleep(self.ttl / 4)
+                except asyncio.InvalidStateError as error:  # write() on a finished call
+                    what = f"the stream had ended: {error}"
+                    log.warning("lease %x: keep-alive failed on %s (%s); %.1fs left", self.id,
+                                self._members.pinned, what, self.left())
+                    self._members.failed(channel, ConnectionError(what))
                 except (grpc.aio.AioRpcError, ConnectionError, TimeoutError) as error:
                     what = (error.details() if isinstance(error, grpc.aio.AioRpcError)
                             else str(error)) or type(error).__name__
-                    log.warning("lease %x: keep-alive failed (%s); %.1fs left", self.id, what,
-                                self.left())
+                    log.warning("lease %x: keep-alive failed on %s (%s); %.1fs left", self.id,
+                                self._members.pinned, what, self.left())
+                    self._members.failed(channel, error if not isinstance(error, TimeoutError)
+                                         else TimeoutError("no keep-alive answer in time"))
                 finally:
                     call.cancel()
-                await asyncio.sleep(min(RETRY, max(self.left(), 0)))
+                # soon, and on the next member: the lease's time is running
+                await asyncio.sleep(min(KEEPALIVE_RETRY, max(self.left(), 0)))
         finally:
             self.lost.set()
 
     async def revoke(self) -> None:
         """End the lease now (its keys go with it); quietly, if etcd cannot be reached."""
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await self._task
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await rpc.LeaseStub(self._channel).LeaseRevoke(
-                rpc.LeaseRevokeRequest(ID=self.id), timeout=RPC_TIMEOUT)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # noqa: BLE001 - a bug in the keep-alive must not stop the revoke
+            log.exception("lease %x: the keep-alive task failed", self.id)
+        with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError, ConnectionError):
+            await self._members.call(lambda ch: rpc.LeaseStub(ch).LeaseRevoke(
+                rpc.LeaseRevokeRequest(ID=self.id), timeout=REVOKE_TIMEOUT,
+                metadata=REQUIRE_LEADER))
         self.lost.set()
 
 
@@ -121,33 +143,32 @@ class Leadership:
         await self.lease.revoke()
 
 
-async def campaign(channel: grpc.aio.Channel, key: bytes, value: bytes, ttl: int) -> Leadership:
+async def campaign(members: Members, key: bytes, value: bytes, ttl: int) -> Leadership:
     """Block until this candidate leads; `value` (its address) is what others read."""
     while True:
-        lease = await Lease.grant(channel, ttl)
+        lease = await Lease.grant(members, ttl)
         won = False
         try:
-            reply = await rpc.KVStub(channel).Txn(
-                rpc.TxnRequest(
-                    compare=[rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE,
-                                         key=key, create_revision=0)],
-                    success=[rpc.RequestOp(
-                        request_put=rpc.PutRequest(key=key, value=value, lease=lease.id))],
-                ),
-                timeout=RPC_TIMEOUT,
+            request = rpc.TxnRequest(
+                compare=[rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE,
+                                     key=key, create_revision=0)],
+                success=[rpc.RequestOp(
+                    request_put=rpc.PutRequest(key=key, value=value, lease=lease.id))],
             )
+            reply = await members.call(kv("Txn", request, RPC_TIMEOUT))
             if reply.succeeded and not lease.lost.is_set():
                 won = True
                 return Leadership(lease, Fence(key, int(reply.header.revision)))
         finally:
             if not won:
                 await lease.revoke()
-        await _until_deleted(channel, key, reply.header.revision + 1)
+        await _until_deleted(members, key, reply.header.revision + 1)
 
 
-async def _until_deleted(channel: grpc.aio.Channel, key: bytes, start: int) -> None:
+async def _until_deleted(members: Members, key: bytes, start: int) -> None:
     """Return once `key` is deleted after revision `start` (or the watch broke: the caller
     simply tries again)."""
+    channel = members.channel()
     call = rpc.WatchStub(channel).Watch(metadata=REQUIRE_LEADER)
     try:
         await call.write(
@@ -161,26 +182,27 @@ async def _until_deleted(channel: grpc.aio.Channel, key: bytes, start: int) -> N
                 return
     except grpc.aio.AioRpcError as error:
         log.warning("election: watch failed (%s); trying again", error.details())
+        members.failed(channel, error)
         await asyncio.sleep(RETRY)
     finally:
         call.cancel()
 
 
-async def leader(channel: grpc.aio.Channel, key: bytes) -> bytes | None:
+async def leader(members: Members, key: bytes) -> bytes | None:
     """The current leader's value, or None."""
-    reply = await rpc.KVStub(channel).Range(rpc.RangeRequest(key=key), timeout=RPC_TIMEOUT)
+    reply = await members.call(kv("Range", rpc.RangeRequest(key=key), RPC_TIMEOUT))
     return bytes(reply.kvs[0].value) if reply.kvs else None
 
 
-async def register(channel: grpc.aio.Channel, key: bytes, value: bytes, ttl: int) -> None:
+async def register(members: Members, key: bytes, value: bytes, ttl: int) -> None:
     """Keep `key` = `value` bound to a live lease of this process, for as long as this
     runs (cancel it to stop; the key then goes within `ttl`)."""
     while True:
         lease: Lease | None = None
         try:
-            lease = await Lease.grant(channel, ttl)
-            await rpc.KVStub(channel).Put(rpc.PutRequest(key=key, value=value, lease=lease.id),
-                                          timeout=RPC_TIMEOUT)
+            lease = await Lease.grant(members, ttl)
+            put = rpc.PutRequest(key=key, value=value, lease=lease.id)
+            await members.call(kv("Put", put, RPC_TIMEOUT))
             await lease.lost.wait()
         except asyncio.CancelledError:
             raise
@@ -193,18 +215,16 @@ async def register(channel: grpc.aio.Channel, key: bytes, value: bytes, ttl: int
         await asyncio.sleep(RETRY)
 
 
-async def roster(channel: grpc.aio.Channel, election_key: bytes,
+async def roster(members: Members, election_key: bytes,
                  members_prefix: bytes) -> tuple[bytes | None, dict[str, bytes]]:
     """The leader's value and every registered member (name -> value), read together."""
-    reply = await rpc.KVStub(channel).Txn(
-        rpc.TxnRequest(success=[
-            rpc.RequestOp(request_range=rpc.RangeRequest(key=election_key)),
-            rpc.RequestOp(request_range=rpc.RangeRequest(
-                key=members_prefix, range_end=prefix_range_end(members_prefix))),
-        ]),
-        timeout=RPC_TIMEOUT,
-    )
-    head, members = (r.response_range.kvs for r in reply.responses)
+    request = rpc.TxnRequest(success=[
+        rpc.RequestOp(request_range=rpc.RangeRequest(key=election_key)),
+        rpc.RequestOp(request_range=rpc.RangeRequest(
+            key=members_prefix, range_end=prefix_range_end(members_prefix))),
+    ])
+    reply = await members.call(kv("Txn", request, RPC_TIMEOUT))
+    head, registered = (r.response_range.kvs for r in reply.responses)
     leading = bytes(head[0].value) if head else None
     return leading, {bytes(kv.key[len(members_prefix):]).decode(): bytes(kv.value)
-                     for kv in members}
+                     for kv in registered}
