@@ -25,6 +25,12 @@ class ManagerConfig:
     # DOWN: as long as a missed-heartbeat window, so a manager restart never replaces tasks
     # whose node merely has not reconnected yet.
     reconnect_grace: float = 3.0
+    # The same after a leader change on a shared store: every node must first find the new
+    # leader (its manager died, or refused during the election). A node marked DOWN while
+    # alive has its tasks replaced and runs them twice until it is back, so this errs long;
+    # the price is that the tasks of a node that died with the old leader move this much
+    # later. (Swarm's new leader waits a few heartbeat periods, 5 s each.)
+    takeover_grace: float = 6.0
     # When more than this fraction of the nodes (and at least mass_failure_min of them)
     # miss their heartbeats within a few periods, the manager suspects itself (overloaded,
     # or cut off) rather than all of them, and holds off marking them DOWN for up to

@@ -100,7 +100,8 @@ class Manager:
         dispatcher = Dispatcher(self.store, self.cfg, {self.identity.node_id},
                                 managers=self.terms.manager_addrs, deposed=deposed)
         dispatcher.probe = self.probe
-        await dispatcher.start()
+        # on a shared store this may be a takeover: the nodes are looking for the leader
+        await dispatcher.start(self.cfg.takeover_grace if self.store.shared else None)
         self.dispatcher = dispatcher
         for name, loop in (("orchestrator", Orchestrator(self.store).run),
                            ("allocator", AllocatorLoop(self.store).run),

@@ -267,8 +267,9 @@ def _redirects(method: Callable[..., Any]) -> Callable[..., Any]:
     async def abort(host: ManagerHost, context: Any, exc: NotLeader) -> None:
         m = host.manager
         leader = m.terms.leader_addr() if m is not None else ""
+        # an empty value: an election is on (the node retries soon, not after a backoff)
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc),
-                            trailing_metadata=((LEADER_KEY, leader),) if leader else ())
+                            trailing_metadata=((LEADER_KEY, leader),))
 
     if inspect.isasyncgenfunction(method):
         async def streaming(self: Any, request: Any, context: Any) -> Any:

@@ -103,9 +103,11 @@ class Dispatcher:
     def period_ms(self) -> int:
         return int(self.cfg.heartbeat_period * 1000)
 
-    async def start(self) -> None:
-        # Every node not already down gets the grace period to reconnect.
-        deadline_base = time.monotonic() + self.cfg.reconnect_grace - self.cfg.down_after
+    async def start(self, grace: float | None = None) -> None:
+        """Every node not already down gets `grace` seconds (reconnect_grace by default)
+        to open a session before it is marked down."""
+        grace = self.cfg.reconnect_grace if grace is None else grace
+        deadline_base = time.monotonic() + grace - self.cfg.down_after
         for node in self.store.view().all("node"):
             if node.status.state != N.NODE_STATE_DOWN:
                 self._last_beat[node.id] = deadline_base

@@ -1,7 +1,9 @@
 """Replicated services: ``replicas`` slots, each with one healthy task.
 
 Policy (SwarmKit's): a slot is held by the tasks the manager still wants to run
-(desired <= RUNNING), ended or not. Too few slots: new slots take the lowest free numbers.
+(desired <= RUNNING), ended or not. Too few slots: new slots take the lowest free numbers,
+except that a slot whose shut-down task still runs on a live node waits for it to end
+(unlike SwarmKit, which starts the new task at once: the slot would run twice).
 Too many (scale down): whole slots are shut down, those whose task is not running first
 (pending, starting, lost, ended), then those on the nodes with the most tasks of the
 service (recounted after each pick, so the survivors stay spread), then the highest slot.
@@ -80,13 +82,18 @@ def reconcile_replicated(service: Service, tasks: Sequence[Task], nodes: Mapping
         actions.extend(outcome.actions)
         outcomes.append(outcome)
 
-    # Scale up: the lowest slot numbers no task holds.
+    # Scale up: the lowest slot numbers no task holds. A slot whose last task was shut
+    # down but still runs on a live node (scaled down, then up again within its stop grace)
+    # is refilled only once that task has ended: the slot never runs twice at once.
+    stopping = {slot for slot, ts in by_slot.items() if slot not in held and any(
+        t.node_id and not has_ended(t) and problem(t) is None for t in ts)}
     missing = want - len(held)
     slot = 0
     while missing > 0:
         slot += 1
         if slot not in held:
-            actions.append(CreateTask(service.id, slot))
+            if slot not in stopping:
+                actions.append(CreateTask(service.id, slot))
             missing -= 1
 
     actions.extend(plan_update(service, outcomes))

@@ -106,6 +106,26 @@ def test_missed_heartbeats_mark_the_node_down() -> None:
     run(body())
 
 
+def test_a_takeover_grace_keeps_a_node_up_until_it_has_had_time_to_find_the_leader() -> None:
+    """A new leader (manager.take_office on a shared store) starts its dispatcher with
+    ManagerConfig.takeover_grace: a node still looking for it is not marked down (which
+    would replace its tasks while they run) before that."""
+    async def body() -> None:
+        store = await Store.open(MemoryBackend())
+        node = opb.Node(id="n2")
+        node.status.state = opb.NODE_STATE_READY
+        await store.update(lambda tx: tx.create(node))
+        d = Dispatcher(store, FAST, {"n1"})
+        await d.start(grace=0.8)
+        await asyncio.sleep(0.5)  # past reconnect_grace (0.15 s) and a missed-beat window
+        assert store.view().get("node", "n2").status.state == opb.NODE_STATE_READY
+        await asyncio.sleep(0.3 + FAST.down_after + 3 * FAST.heartbeat_period)
+        assert store.view().get("node", "n2").status.state == opb.NODE_STATE_DOWN
+        await d.stop()
+
+    run(body())
+
+
 def test_status_updates_move_forward_only_and_only_for_the_nodes_own_tasks() -> None:
     async def body() -> None:
         store, d = await _setup()

@@ -153,3 +153,42 @@ def test_a_registration_outlives_its_members_death_and_return(
         await backend.close()
 
     run(body())
+
+
+def test_a_candidate_beside_etcds_leader_lets_another_lead(
+        etcd_cluster: EtcdCluster) -> None:  # noqa: F811
+    """Two candidates at once: the one whose member is etcd's leader would commit first;
+    it waits, so that one machine's death never takes both leaders."""
+    from aetcd import rpc
+
+    from pyswarm.manager.store.backends.etcd_election import campaign
+
+    async def body() -> None:
+        probe = Members(etcd_cluster.endpoints)
+        status = await probe.call(lambda ch: rpc.MaintenanceStub(ch).Status(
+            rpc.StatusRequest(), timeout=5))
+        by_id = {}
+        for endpoint in etcd_cluster.endpoints:
+            one = Members([endpoint])
+            reply = await one.call(lambda ch: rpc.MaintenanceStub(ch).Status(
+                rpc.StatusRequest(), timeout=5))
+            by_id[reply.header.member_id] = endpoint
+            await one.close()
+        await probe.close()
+        leader = by_id[status.leader]
+        follower = next(e for e in etcd_cluster.endpoints if e != leader)
+        beside = Members([leader, follower])
+        apart = Members([follower, leader])
+        key = f"/pyswarm-test/{uuid.uuid4().hex}.election/manager".encode()
+        first = asyncio.create_task(campaign(beside, key, b"beside", 2))
+        second = asyncio.create_task(campaign(apart, key, b"apart", 2))
+        done, _ = await asyncio.wait({first, second}, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {second}, "the candidate apart from etcd's leader leads"
+        term = second.result()
+        await term.resign()  # then the other one takes over: it only waited
+        await asyncio.wait_for(first, 10)
+        await first.result().resign()
+        for m in (beside, apart):
+            await m.close()
+
+    run(body())

@@ -83,6 +83,23 @@ def test_scale_to_zero_shuts_everything_down():
     assert set(shutdowns(run(svc, tasks))) == {"t1", "t2", "t3"}
 
 
+def test_a_slot_still_stopping_is_refilled_only_once_its_task_has_ended():
+    """Scale 4 -> 3 -> 4 within a stop grace period: slot 4's old task is told to shut
+    down but still runs on a live node. A new slot-4 task now would run the slot twice at
+    once (what the HA lab's slot watch caught); it waits, and the slot keeps its number."""
+    svc = make_service(replicas=4)
+    tasks = [make_task(f"t{s}", svc, slot=s, node=f"n{s}") for s in (1, 2, 3)]
+    stopping = make_task("old4", svc, slot=4, node="n4", desired=S.TASK_STATE_SHUTDOWN)
+    four = nodes_map(*NODES.values(), make_node("n4"))
+    assert creates(run(svc, [*tasks, stopping], nodes=four)) == []
+    stopping.status.state = S.TASK_STATE_SHUTDOWN  # it stopped: now the slot is free
+    assert [a.slot for a in creates(run(svc, [*tasks, stopping], nodes=four))] == [4]
+    # a stopping task on a node that is down will never say it ended: no waiting for it
+    stopping.status.state = S.TASK_STATE_RUNNING
+    down = nodes_map(*NODES.values(), make_node("n4", state="down"))
+    assert [a.slot for a in creates(run(svc, [*tasks, stopping], nodes=down))] == [4]
+
+
 def test_ended_tasks_the_manager_shut_down_do_not_hold_slots():
     svc = make_service(replicas=1)
     old = make_task("old", svc, slot=1, state=S.TASK_STATE_SHUTDOWN,

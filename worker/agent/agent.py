@@ -40,6 +40,7 @@ from pyswarm.worker.engine.records import ContainerRecord
 from pyswarm.worker.engine.service import ExitWatcher
 
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0  # seconds between reconnection attempts
+ELECTION_RETRY = 0.25  # seconds before the next attempt when the managers are electing
 # Session failures said once per kind (a manager gone or restarting, a follower's
 # redirect); any other (a refusal: PERMISSION_DENIED...) is said at every attempt.
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
@@ -104,7 +105,9 @@ class Agent:
                 leader = _leader_named(exc)
                 if leader is not None:  # a follower: go to the leader now
                     self.remotes.redirected(target, leader)
-                    backoff = BACKOFF_MIN
+                    # no leader yet (an election): soon, never after a grown backoff, or
+                    # the new leader's grace for reconnecting nodes may run out first
+                    backoff = BACKOFF_MIN if leader else ELECTION_RETRY
                 else:
                     self.remotes.failed(target)
                 said = (target, exc.code(), exc.details())
@@ -250,7 +253,8 @@ DEFAULT_STRAY_GRACE = 10.0  # seconds a stray container gets to stop before SIGK
 
 
 def _leader_named(exc: grpc.aio.AioRpcError) -> str | None:
-    """The leader's address a follower's refusal names (common.rpc.LEADER_KEY), or None."""
+    """The leader's address a follower's refusal names (common.rpc.LEADER_KEY): "" while
+    the managers elect one; None if this was no follower's refusal."""
     for key, value in exc.trailing_metadata() or ():
         if key == LEADER_KEY:
             return value if isinstance(value, str) else value.decode()
