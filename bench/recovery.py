@@ -147,19 +147,14 @@ def bench_pyswarm(rounds: int, replicas: int, progress: Any) -> dict[str, Any]:
 
 def bench_docker(rounds: int, replicas: int, progress: Any) -> dict[str, Any]:
     try:
-        from bench.peers.docker_lab import docker_recovery
+        from bench.peers.docker_lab import docker_recovery, host_busybox_layers
     except ImportError as exc:
         return {"docker_skipped": f"bench/peers/docker_lab.py unavailable: {exc}"}
-    from pyswarm.common.paths import EngineConfig
-    from pyswarm.worker.images.store import ImageStore
-
-    try:
-        image = ImageStore(EngineConfig.from_env().images_dir).get("busybox:latest")
-    except Exception as exc:  # noqa: BLE001 - reported, not fatal
-        return {"docker_skipped": f"no busybox:latest in the host's image store ({exc}); "
-                                  f"run make setup"}
+    layers = host_busybox_layers()
+    if isinstance(layers, str):
+        return {"docker_skipped": layers}
     with tempfile.TemporaryDirectory(prefix="pyswarm-bench-docker-") as tmp:
-        return dict(docker_recovery(Path(tmp), list(image.layer_dirs), nodes=3,
+        return dict(docker_recovery(Path(tmp), layers, nodes=3,
                                     replicas=replicas, rounds=rounds, progress=progress))
 
 

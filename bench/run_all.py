@@ -79,6 +79,9 @@ BENCHMARKS: tuple[Bench, ...] = (
           ("--nodes", "100,300", "--tasks", "3000", "--stores", "sqlite,etcd"),
           ("--nodes", "20", "--tasks", "200", "--stores", "sqlite,etcd", "--rest", "2"),
           timeout=2700),
+    Bench("failover", REPO / "bench" / "failover.py",
+          ("--rounds", "10", "--peer-rounds", "1"),
+          ("--rounds", "2", "--peer-rounds", "1", "--writes", "50"), timeout=2400),
 )
 
 
@@ -386,6 +389,13 @@ def ratio_reading(key: str) -> str:
         return "recovery time, pyswarm ÷ Docker Swarm: below 1 = pyswarm faster"
     if key == "down_detect_ratio":
         return "time to see a node down, pyswarm ÷ Docker Swarm: below 1 = pyswarm faster"
+    if key == "failover_target_ratio":
+        return "median time to a new leader ÷ the issue's 3 s: below 1 = the target is met"
+    if re.fullmatch(r"failover_\w+_ratio", key):
+        return ("time from the leader's death, pyswarm ÷ Docker Swarm (3 managers): "
+                "below 1 = pyswarm faster")
+    if key.startswith("etcd_vs_sqlite_write"):
+        return "writes/s, etcd (3 members) ÷ sqlite: the price of a replicated store"
     return "see the script's docstring"
 
 

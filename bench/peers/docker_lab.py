@@ -1,4 +1,5 @@
-"""Docker Swarm as a multi-node peer on one machine: the Docker side of bench/recovery.py.
+"""Docker Swarm as a multi-node peer on one machine: the Docker side of bench/recovery.py
+(a crashed worker) and of bench/failover.py (a crashed manager, the raft leader).
 
 `docker_recovery()` builds a lab of `nodes` Docker engines (Debian's docker.io), each in a
 network namespace of its own on a lab bridge in 198.18.200.0/24 (clear of the pyswarm lab's
@@ -17,6 +18,19 @@ shows Down is taken on the way. The node is then restarted (it rejoins), the lab
 and before the next round the service is scaled to 0 and back so that every round starts
 from an even spread.
 
+`docker_failover()` (`--failover`) builds the same lab with every node a manager (node 1
+inits, the others join with the manager token; `--nodes` managers, 3 by default) and a
+service of `replicas` replicas. Each round crashes the raft leader (read from GET /nodes,
+ManagerStatus.Leader) the same way, and from that kill polls a surviving manager for three
+times: `leader`, until it names a leader other than the killed node (API errors while
+there is none mean not yet); `scale`, until `docker service scale --detach` against it
+exits 0 (tried every 0.25 s from the kill; the target alternates between replicas+1 and
+replicas so that each round is a real change); `converged`, until that many tasks run on
+live nodes and no more are wanted. The leader is then restarted, rejoins as a manager, and
+the next round starts once every manager is reachable in the raft again. Swarm's own
+timing is kept: its raft election timeout (10 ticks of 1 s, drawn from 10-20 s by etcd's
+raft) is what is measured, untuned.
+
 Everything started here is stopped by pid at the end, and every trace is removed:
 namespaces, bridge, veths, mounts under the lab folder, cgroups, the shims' sockets of
 killed containers, and the one iptables rule added here (the FORWARD accept for the lab
@@ -26,9 +40,10 @@ iptables (checked: each runs in its namespace), so that rule, tagged, is removed
 `iptables-save` (FORWARD policy included) is then compared with its state before the run.
 Differences made meanwhile by other runs on this machine are reported, not overwritten:
 restoring the old rule set wholesale would delete rules that live runs rely on. The result
-says whether the host came back clean (`docker_cleanup`).
+says whether the host came back clean (`docker_cleanup`, `docker_failover_cleanup`).
 
     python bench/peers/docker_lab.py --rounds 1 --json
+    python bench/peers/docker_lab.py --failover --rounds 2 --replicas 4 --json
 
 builds pyswarm's busybox image in a throw-away engine first (or takes --layers) and prints
 the figures, the dict as JSON on the last line of stdout; progress goes to stderr.
@@ -51,6 +66,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -373,8 +389,14 @@ def _shim_socket(containerd_address: str, namespace: str, task_id: str) -> Path:
 
 
 class DockerLab:
+    """`count` Docker engines on a lab bridge, one network namespace each, in one swarm:
+    node 1 runs `swarm init`, nodes 2..`managers` join with the manager token, the rest
+    with the worker token (managers=1: one manager, every other node a worker)."""
+
     def __init__(self, base: Path, count: int, progress: Progress,
-                 try_pull: bool = False) -> None:
+                 try_pull: bool = False, managers: int = 1) -> None:
+        if not 1 <= managers <= count:
+            raise ValueError(f"managers must be 1..{count}, not {managers}")
         existing = set(os.listdir("/sys/class/net"))
         existing |= set(_run("ip", "netns", "list").stdout.split())
         while True:
@@ -394,9 +416,12 @@ class DockerLab:
         self.shims_before = set(os.listdir(SHIM_SOCKETS)) if SHIM_SOCKETS.is_dir() else set()
         self.shim_sockets: set[Path] = set()
         self.made: list[str] = []  # what exists, for the teardown
+        self.managers = self.nodes[:managers]
 
     @property
     def manager(self) -> LabNode:
+        """Node 1, which ran `swarm init`: the node asked unless another is named (in a
+        failover it may be the one that is down)."""
         return self.nodes[0]
 
     def up(self) -> None:
@@ -421,9 +446,11 @@ class DockerLab:
         self.progress(f"{len(self.nodes)} dockerd up (lab {self.token})")
         m = self.manager
         m.cli("swarm", "init", "--advertise-addr", m.addr, "--listen-addr", f"{m.addr}:2377")
-        token = m.cli("swarm", "join-token", "-q", "worker").strip()
+        tokens = {role: m.cli("swarm", "join-token", "-q", role).strip()
+                  for role in ("manager", "worker")}
         for node in self.nodes[1:]:
-            node.cli("swarm", "join", "--token", token, "--advertise-addr", node.addr,
+            role = "manager" if node in self.managers else "worker"
+            node.cli("swarm", "join", "--token", tokens[role], "--advertise-addr", node.addr,
                      "--listen-addr", f"{node.addr}:2377", f"{m.addr}:2377")
         for node in self.nodes:
             node.node_id = node.api("/info")["Swarm"]["NodeID"]
@@ -433,45 +460,71 @@ class DockerLab:
         for node in self.nodes:
             docker_import(tar, node.env)
 
-    def census(self, exclude: LabNode | None = None) -> tuple[int, dict[str, int], dict[str, str]]:
+    def census(self, exclude: LabNode | None = None, via: LabNode | None = None,
+               ) -> tuple[int, dict[str, int], dict[str, str]]:
         """Running tasks of the service on ready nodes (never on `exclude`), per node, and
-        every node's state, as the manager sees them."""
-        states = {n["ID"]: n["Status"]["State"] for n in self.manager.api("/nodes")}
+        every node's state, as manager `via` (default node 1) sees them."""
+        ask = via or self.manager
+        states = {n["ID"]: n["Status"]["State"] for n in ask.api("/nodes")}
         filters = urllib.parse.quote(json.dumps({"service": [SERVICE],
                                                  "desired-state": ["running"]}))
         per_node: dict[str, int] = {}
-        for task in self.manager.api(f"/tasks?filters={filters}"):
+        for task in ask.api(f"/tasks?filters={filters}"):
             node_id = task.get("NodeID", "")
             if (task["Status"]["State"] == "running" and states.get(node_id) == "ready"
                     and (exclude is None or node_id != exclude.node_id)):
                 per_node[node_id] = per_node.get(node_id, 0) + 1
         return sum(per_node.values()), per_node, states
 
-    def wait_running(self, replicas: int, timeout: float) -> bool:
-        return wait_until(_safe(lambda: self.census()[0] >= replicas), timeout, 0.25)
+    def wait_running(self, replicas: int, timeout: float, via: LabNode | None = None) -> bool:
+        return wait_until(_safe(lambda: self.census(via=via)[0] >= replicas), timeout, 0.25)
+
+    def leader(self, via: LabNode | None = None, timeout: float = 10) -> str:
+        """The node ID of the raft leader as manager `via` (default node 1) reports it in
+        GET /nodes (ManagerStatus.Leader), "" when none is listed; an API error is raised.
+        While no leader is elected dockerd holds the request (up to its 20 s swarm request
+        timeout) and answers once one is."""
+        listed = (via or self.manager).api("/nodes", timeout)
+        if not isinstance(listed, list):
+            raise RuntimeError(f"GET /nodes: {str(listed)[:200]}")
+        return next((n["ID"] for n in listed if (n.get("ManagerStatus") or {}).get("Leader")),
+                    "")
+
+    def managers_reachable(self, via: LabNode | None = None) -> bool:
+        """Every manager of the lab is ready and reachable in the raft, as `via` sees it."""
+        listed = {n["ID"]: n for n in (via or self.manager).api("/nodes")}
+        for node in self.managers:
+            entry = listed.get(node.node_id, {})
+            if (entry.get("Status", {}).get("State") != "ready"
+                    or (entry.get("ManagerStatus") or {}).get("Reachability") != "reachable"):
+                return False
+        return True
 
     def containers(self, node: LabNode, stopped: bool = False) -> int:
         return len(node.api(f"/containers/json?all={int(stopped)}"))
 
-    def settled(self, node: LabNode) -> bool:
-        """A revived node is ready, runs no container, and the manager sees none of its old
-        tasks in a live state any more (they stay listed, shut down, as task history)."""
-        if self.census()[2].get(node.node_id) != "ready" or self.containers(node):
+    def settled(self, node: LabNode, via: LabNode | None = None) -> bool:
+        """A revived node is ready, runs no container, and manager `via` (default node 1)
+        sees none of its old tasks in a live state any more (they stay listed, shut down,
+        as task history)."""
+        if self.census(via=via)[2].get(node.node_id) != "ready" or self.containers(node):
             return False
         filters = urllib.parse.quote(json.dumps({"service": [SERVICE], "node": [node.node_id]}))
         return all(t["Status"]["State"] in TERMINAL for t in
-                   self.manager.api(f"/tasks?filters={filters}"))
+                   (via or self.manager).api(f"/tasks?filters={filters}"))
 
     def crash(self, node: LabNode) -> float:
         self.shim_sockets |= node.shim_sockets()
         return node.crash()
 
-    def revive(self, node: LabNode, timeout: float) -> str:
+    def revive(self, node: LabNode, timeout: float, via: LabNode | None = None) -> str:
+        """Restart a crashed node (it rejoins with its old role) and wait until manager `via`
+        (default node 1) sees it ready and settled; returns what did not happen, or ""."""
         node.start()
-        if not wait_until(_safe(lambda: self.census()[2].get(node.node_id) == "ready"),
+        if not wait_until(_safe(lambda: self.census(via=via)[2].get(node.node_id) == "ready"),
                           timeout, 0.5):
             return f"node {node.index} not ready {timeout:.0f} s after its restart"
-        if not wait_until(_safe(lambda: self.settled(node)), timeout, 0.5):
+        if not wait_until(_safe(lambda: self.settled(node, via)), timeout, 0.5):
             return f"node {node.index} not settled {timeout:.0f} s after its restart"
         return ""
 
@@ -479,9 +532,10 @@ class DockerLab:
         """Stop everything by pid and remove every trace; returns what could not be."""
         problems: list[str] = []
         alive = [n for n in self.nodes if n.dockerd is not None and n.dockerd.poll() is None]
-        if alive and self.manager in alive:
+        asked = next((n for n in self.managers if n in alive), None)
+        if asked is not None:
             try:
-                self.manager.cli("service", "rm", SERVICE, timeout=30)
+                asked.cli("service", "rm", SERVICE, timeout=30)
             except (RuntimeError, subprocess.TimeoutExpired):
                 pass
             wait_until(_safe(lambda: all(self.containers(n, stopped=True) == 0 for n in alive)),
@@ -586,6 +640,17 @@ def _figure(values: Iterable[float | None], how: Callable[[list[float]], float])
     return round(how(done), 2) if done else float("nan")
 
 
+def _cannot_run() -> str | None:
+    """Why the lab cannot run here, or None."""
+    missing = docker_missing() or next(
+        (f"{tool} is not installed" for tool in ("nsenter", "ip", "iptables", "iptables-save",
+                                                 "containerd-shim-runc-v2")
+         if not shutil.which(tool)), None)
+    if missing:
+        return missing
+    return "needs root" if os.geteuid() != 0 else None
+
+
 def docker_recovery(base: Path, layer_dirs: list[str], nodes: int = 3, replicas: int = 30,
                     rounds: int = 1, timeout: float = 300, settle: float = 5.0,
                     progress: Progress = print, try_pull: bool = False,
@@ -606,14 +671,9 @@ def docker_recovery(base: Path, layer_dirs: list[str], nodes: int = 3, replicas:
     they would by default. Docker's own defaults are kept otherwise: a 5 s dispatcher
     heartbeat (a node is Down after a few missed ones) and a 5 s restart delay.
     """
-    missing = docker_missing() or next(
-        (f"{tool} is not installed" for tool in ("nsenter", "ip", "iptables", "iptables-save",
-                                                 "containerd-shim-runc-v2")
-         if not shutil.which(tool)), None)
+    missing = _cannot_run()
     if missing:
         return {"docker_skipped": missing}
-    if os.geteuid() != 0:
-        return {"docker_skipped": "needs root"}
     if nodes < 2:
         raise ValueError("a recovery lab needs a worker to kill: nodes >= 2")
     began = time.monotonic()
@@ -725,6 +785,239 @@ def docker_recovery(base: Path, layer_dirs: list[str], nodes: int = 3, replicas:
         shutil.rmtree(root, ignore_errors=True)
 
 
+_API_ERRORS = (OSError, RuntimeError, http.client.HTTPException, ValueError, KeyError)
+
+
+def _watch_leader(lab: DockerLab, via: LabNode, victim: LabNode, killed_at: float,
+                  timeout: float, stop: threading.Event, seen: dict[str, Any]) -> None:
+    """Poll `via` until it reports a leader other than `victim`; puts the seconds since the
+    kill in seen["s"] and the leader's node ID in seen["id"]. An API error or the old
+    leader still listed means not yet. While there is no leader, dockerd holds a request
+    (up to its 20 s swarm request timeout) and answers it as soon as one is elected: each
+    call is given longer than that, so that the answer is seen when it comes."""
+    while not stop.is_set() and time.monotonic() - killed_at < timeout:
+        try:
+            leader = lab.leader(via, timeout=max(1.0, min(
+                30.0, timeout - (time.monotonic() - killed_at))))
+        except _API_ERRORS:
+            leader = ""
+        if leader and leader != victim.node_id:
+            seen.update(s=round(time.monotonic() - killed_at, 2), id=leader)
+            return
+        stop.wait(0.25)
+
+
+def _failover_round(lab: DockerLab, rnd: int, target: int, asked: LabNode, timeout: float,
+                    say: Progress) -> tuple[str, dict[str, float | None], list[str],
+                                            LabNode | None]:
+    """One round of docker_failover: the leader (found through `asked`) is crashed, the
+    service scaled to `target` through a surviving manager, the leader restarted. Returns
+    the round's text, its three times (None: not within `timeout` of the kill), notes, and
+    the manager to ask next (None when the lab did not come back whole)."""
+    by_id = {n.node_id: n for n in lab.nodes}
+    leading: list[str] = []
+
+    def leader_known() -> bool:
+        leading.append(lab.leader(asked))
+        return leading[-1] in by_id
+
+    times: dict[str, float | None] = {"leader": None, "scale": None, "converged": None}
+    if not wait_until(_safe(leader_known), timeout, 0.25):
+        return (f"r{rnd}: no leader", times,
+                [f"round {rnd}: node {asked.index} knew no leader for {timeout:.0f} s"], None)
+    victim = by_id[leading[-1]]
+    via = next(n for n in lab.managers if n is not victim)
+    held = lab.census(via=via)[1].get(victim.node_id, 0)
+    say(f"round {rnd}: crashing node {victim.index}, the leader ({held} tasks); asking node "
+        f"{via.index}, scaling to {target}")
+    killed_at = lab.crash(victim)
+
+    def since() -> float:
+        return round(time.monotonic() - killed_at, 2)
+
+    down: list[float] = []  # when `via` first shows the victim Down, on the way
+    wanted = urllib.parse.quote(json.dumps({"service": [SERVICE], "desired-state": ["running"]}))
+
+    def converged() -> bool:
+        """`target` tasks run on live nodes (the victim's do not count) and no more are
+        wanted: exactly `target` tasks whose desired state is running (a scale down is
+        converged only once the extra task is gone)."""
+        running, _, states = lab.census(exclude=victim, via=via)
+        if not down and states.get(victim.node_id) == "down":
+            down.append(since())
+        return running == target and len(via.api(f"/tasks?filters={wanted}")) == target
+
+    seen: dict[str, Any] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_leader, daemon=True,
+                               args=(lab, via, victim, killed_at, timeout, stop, seen))
+    watcher.start()
+    tries = 0
+    refusal = ""
+    try:
+        while since() < timeout:
+            tries += 1
+            try:
+                via.cli("service", "scale", "--detach", f"{SERVICE}={target}",
+                        timeout=max(1.0, timeout - since()))
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                refusal = str(exc).rsplit("scale: ", 1)[-1][:200]
+                time.sleep(0.25)
+                continue
+            times["scale"] = since()
+            break
+        if times["scale"] is not None:
+            say(f"round {rnd}: scale accepted after {times['scale']} s ({tries} tries"
+                + (f"; the last refusal: {refusal}" if tries > 1 else "") + ")")
+            if wait_until(_safe(converged), timeout - since(), 0.25):
+                times["converged"] = since()
+        watcher.join(max(0.0, timeout - since()))
+    finally:
+        stop.set()
+        watcher.join(5)
+    times["leader"] = seen.get("s")
+    new = by_id.get(seen.get("id", ""))
+    notes = [f"round {rnd}: no {key} {timeout:.0f} s after the kill"
+             for key, value in times.items() if value is None]
+    row = (f"r{rnd}: leader node {victim.index} ({held} tasks) killed, node "
+           f"{new.index if new else '?'} leader after {times['leader']} s, scale to {target} "
+           f"accepted after {times['scale']} s ({tries} tries), node {victim.index} down after "
+           f"{down[0] if down else None} s, {target} running after {times['converged']} s")
+    say(f"{row}; restarting node {victim.index}")
+    problem = lab.revive(victim, timeout, via)
+    if not problem and not wait_until(_safe(lambda: lab.managers_reachable(via)), timeout, 0.5):
+        problem = f"managers not all reachable {timeout:.0f} s after the restart"
+    if problem:
+        return row, times, notes + [f"round {rnd}: {problem}"], None
+    say(f"round {rnd}: node {victim.index} back, every manager reachable")
+    return row, times, notes, via
+
+
+def docker_failover(base: Path, layer_dirs: list[str], managers: int = 3, replicas: int = 6,
+                    rounds: int = 1, timeout: float = 180, progress: Progress = print,
+                    ) -> dict[str, float | str]:
+    """Docker Swarm's recovery from a crashed manager that was the raft leader, in seconds.
+
+    The lab has `managers` nodes, all managers (and all running tasks, as Swarm's managers
+    do by default); a service of `replicas` replicas of `sleep 1d` runs. Each round reads
+    the leader through a manager, crashes it as docker_recovery crashes a worker (dockerd
+    first, by pid), and from that kill polls a surviving manager (the first by index):
+
+    - leader: until it reports, in GET /nodes, a leader that is not the killed node (an API
+      error means not yet; while no leader is elected dockerd holds the request, up to
+      its 20 s swarm request timeout, and answers it once one is);
+    - scale: until `docker service scale --detach dlab=<n>` against it exits 0, tried from
+      the kill, again 0.25 s after each failure (the CLI's call is held the same way, so
+      one try is the rule); n alternates between replicas+1 (odd rounds) and replicas
+      (even rounds), so that each round is a real change;
+    - converged: until n tasks run on live nodes (the killed node's do not count) and no
+      more are wanted (exactly n tasks whose desired state is running). The killed node's
+      tasks are replaced only once the new leader marks it Down; when that was seen is in
+      the round's text.
+
+    The node is then restarted (it rejoins as a manager) and the next round waits until it
+    is ready, settled, and every manager is reachable in the raft again.
+
+    Returns docker_failover_{leader,scale,converged}_{median,max}_s over the rounds,
+    docker_failover_rounds (per round, text) and docker_failover_cleanup ("clean" or what
+    was left); a round that times out (`timeout`, per wait) adds docker_failover_note and
+    counts in no figure. When Docker cannot run here: {"docker_skipped": reason}; when it
+    fails after the lab was up, the figures so far and docker_failover_error. `base` must
+    exist; the lab lives in base/docker-failover-lab and is removed after (the daemons'
+    logs are kept in base/docker-failover-lab-logs).
+
+    Docker's defaults are kept: raft's election tick (10 ticks of 1 s: etcd's raft draws
+    each election timeout from 10-20 s) and heartbeat, the dispatcher's 5 s heartbeat (the
+    new leader marks a silent node Down about 30 s after it takes over), the 5 s restart
+    delay; images are not pulled (no registry can be reached;
+    DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1, as in docker_recovery).
+    """
+    missing = _cannot_run()
+    if missing:
+        return {"docker_skipped": missing}
+    if managers < 3:
+        raise ValueError("a failover keeps quorum only with managers >= 3")
+    began = time.monotonic()
+
+    def say(message: str) -> None:
+        progress(f"[docker-lab +{time.monotonic() - began:5.0f}s] {message}")
+
+    root = base / "docker-failover-lab"
+    root.mkdir()
+    result: dict[str, float | str] = {}
+    figures: dict[str, list[float | None]] = {"leader": [], "scale": [], "converged": []}
+    notes: list[str] = []
+    rows: list[str] = []
+
+    def summarize() -> None:
+        if not rows:
+            return
+        for key, values in figures.items():
+            result[f"docker_failover_{key}_median_s"] = _figure(values, statistics.median)
+            result[f"docker_failover_{key}_max_s"] = _figure(values, max)
+        result["docker_failover_rounds"] = "; ".join(rows)
+        if notes:
+            result["docker_failover_note"] = "; ".join(notes)
+
+    lab = DockerLab(root, managers, say, managers=managers)
+    stage = "setup"
+    try:
+        try:
+            lab.up()
+            lab.import_image(layer_dirs)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            result["docker_skipped"] = f"Docker Swarm lab did not come up: {exc}"
+            return result
+        say(f"swarm of {managers} managers up, busybox imported; creating {replicas} replicas")
+        stage = "converge"
+        lab.manager.cli("service", "create", "--detach", "--no-resolve-image", "--name", SERVICE,
+                        "--replicas", str(replicas), DOCKER_IMAGE, "sleep", "1d")
+        if not lab.wait_running(replicas, timeout):
+            result["docker_skipped"] = f"{replicas} replicas not running after {timeout:.0f} s"
+            return result
+        asked = lab.manager  # a live manager, to find the leader through
+        for rnd in range(1, rounds + 1):
+            stage = f"round {rnd}"
+            row, times, trouble, next_asked = _failover_round(
+                lab, rnd, replicas + 1 if rnd % 2 else replicas, asked, timeout, say)
+            rows.append(row)
+            notes += trouble
+            for key, value in times.items():
+                figures[key].append(value)
+            if next_asked is None:
+                break  # a lab that did not come back whole is no start for another round
+            asked = next_asked
+        summarize()
+        return result
+    except (RuntimeError, OSError, subprocess.SubprocessError, http.client.HTTPException,
+            KeyError) as exc:
+        summarize()
+        result["docker_failover_error"] = f"{stage}: {exc!r}"
+        return result
+    finally:
+        say("tearing the lab down")
+        result["docker_failover_cleanup"] = lab.down()
+        say(f"cleanup: {result['docker_failover_cleanup']}")
+        logs = base / "docker-failover-lab-logs"
+        for node in lab.nodes:
+            if (node.root / "logs").is_dir():
+                shutil.copytree(node.root / "logs", logs / f"n{node.index}", dirs_exist_ok=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def host_busybox_layers() -> list[str] | str:
+    """The layer folders of busybox:latest in the host's pyswarm image store (what `make
+    setup` builds), or why there are none: what the benchmarks import into Docker."""
+    from pyswarm.common.paths import EngineConfig
+    from pyswarm.worker.images.store import ImageStore
+
+    try:
+        image = ImageStore(EngineConfig.from_env().images_dir).get("busybox:latest")
+    except Exception as exc:  # noqa: BLE001 - reported, not fatal
+        return f"no busybox:latest in the host's image store ({exc}); run make setup"
+    return list(image.layer_dirs)
+
+
 # ---- python bench/peers/docker_lab.py -----------------------------------------------------
 
 
@@ -748,10 +1041,14 @@ def pyswarm_busybox_layers(base: Path) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--replicas", type=int, default=30)
+    parser.add_argument("--failover", action="store_true", help="measure the crash of the "
+                        "raft leader in a swarm of --nodes managers (docker_failover) instead "
+                        "of a worker's (docker_recovery)")
+    parser.add_argument("--nodes", type=int, default=3, help="with --failover: managers")
+    parser.add_argument("--replicas", type=int, help="default 30; with --failover 6")
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--timeout", type=float, default=300, help="per wait, seconds")
+    parser.add_argument("--timeout", type=float, help="per wait, seconds (default 300; with "
+                        "--failover 180)")
     parser.add_argument("--layers", nargs="+", help="busybox layer folders (default: build "
                         "pyswarm's busybox image in a throw-away engine)")
     parser.add_argument("--try-pull", action="store_true", help="let workers try (and fail) "
@@ -767,11 +1064,18 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="dlab-"))
     try:
         layers = opts.layers or pyswarm_busybox_layers(base)
-        result: dict[str, object] = {"benchmark": "docker_recovery", "nodes": opts.nodes,
-                                     "replicas": opts.replicas, "rounds": opts.rounds}
-        result.update(docker_recovery(base, layers, opts.nodes, opts.replicas, opts.rounds,
-                                      opts.timeout, progress=progress,
-                                      try_pull=opts.try_pull))
+        replicas = opts.replicas or (6 if opts.failover else 30)
+        timeout = opts.timeout or (180 if opts.failover else 300)
+        result: dict[str, object] = {
+            "benchmark": "docker_failover" if opts.failover else "docker_recovery",
+            "managers" if opts.failover else "nodes": opts.nodes, "replicas": replicas,
+            "rounds": opts.rounds}
+        if opts.failover:
+            result.update(docker_failover(base, layers, opts.nodes, replicas, opts.rounds,
+                                          timeout, progress=progress))
+        else:
+            result.update(docker_recovery(base, layers, opts.nodes, replicas, opts.rounds,
+                                          timeout, progress=progress, try_pull=opts.try_pull))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     for key, value in result.items():
