@@ -109,25 +109,17 @@ class Terms:
         self._tasks = []
 
     async def _serve_terms(self, backend: Any) -> None:
-        while True:
+        while True:  # a manager never stops campaigning
             try:
-                await self._serve_a_term(backend)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a manager never stops campaigning
-                _log(f"a term ended in an error ({exc!r}); campaigning again")
+                await self._lead(await backend.campaign(ELECTION, self._value(),
+                                                        ttl=LEASE_TTL))
+            except Exception as exc:  # noqa: BLE001 - etcd unreachable, or a term's error
+                _log(f"cannot campaign or lead ({_why(exc)}); campaigning again")
                 await asyncio.sleep(RETRY)
 
-    async def _serve_a_term(self, backend: Any) -> None:
-        """Campaign; once elected, lead until the term ends."""
+    async def _lead(self, leadership: Any) -> None:
+        """Lead until the term ends."""
         m = self.manager
-        while True:
-            try:
-                leadership = await backend.campaign(ELECTION, self._value(), ttl=LEASE_TTL)
-                break
-            except Exception as exc:  # noqa: BLE001 - etcd unreachable: campaign again
-                _log(f"cannot campaign for leadership ({_why(exc)}); retrying")
-                await asyncio.sleep(RETRY)
         self._deposed.clear()
         m.store.fence = leadership.fence
         self.leader_id = m.identity.node_id

@@ -528,6 +528,18 @@ class DockerLab:
             return f"node {node.index} not settled {timeout:.0f} s after its restart"
         return ""
 
+    def take_down(self, logs: Path) -> str:
+        """down(), saying so; the daemons' logs are kept in `logs` and the lab's folder
+        removed. What down() returns."""
+        self.progress("tearing the lab down")
+        cleanup = self.down()
+        self.progress(f"cleanup: {cleanup}")
+        for node in self.nodes:
+            if (node.root / "logs").is_dir():
+                shutil.copytree(node.root / "logs", logs / f"n{node.index}", dirs_exist_ok=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+        return cleanup
+
     def down(self) -> str:
         """Stop everything by pid and remove every trace; returns what could not be."""
         problems: list[str] = []
@@ -651,6 +663,15 @@ def _cannot_run() -> str | None:
     return "needs root" if os.geteuid() != 0 else None
 
 
+def _clocked(progress: Progress) -> Progress:
+    """`progress` with the seconds since now in front of each message."""
+    began = time.monotonic()
+
+    def say(message: str) -> None:
+        progress(f"[docker-lab +{time.monotonic() - began:5.0f}s] {message}")
+    return say
+
+
 def docker_recovery(base: Path, layer_dirs: list[str], nodes: int = 3, replicas: int = 30,
                     rounds: int = 1, timeout: float = 300, settle: float = 5.0,
                     progress: Progress = print, try_pull: bool = False,
@@ -676,10 +697,7 @@ def docker_recovery(base: Path, layer_dirs: list[str], nodes: int = 3, replicas:
         return {"docker_skipped": missing}
     if nodes < 2:
         raise ValueError("a recovery lab needs a worker to kill: nodes >= 2")
-    began = time.monotonic()
-
-    def say(message: str) -> None:
-        progress(f"[docker-lab +{time.monotonic() - began:5.0f}s] {message}")
+    say = _clocked(progress)
 
     root = base / "docker-lab"
     root.mkdir()
@@ -775,14 +793,7 @@ def docker_recovery(base: Path, layer_dirs: list[str], nodes: int = 3, replicas:
         result["docker_error"] = f"{stage}: {exc}"
         return result
     finally:
-        say("tearing the lab down")
-        result["docker_cleanup"] = lab.down()
-        say(f"cleanup: {result['docker_cleanup']}")
-        logs = base / "docker-lab-logs"
-        for node in lab.nodes:
-            if (node.root / "logs").is_dir():
-                shutil.copytree(node.root / "logs", logs / f"n{node.index}", dirs_exist_ok=True)
-        shutil.rmtree(root, ignore_errors=True)
+        result["docker_cleanup"] = lab.take_down(base / "docker-lab-logs")
 
 
 _API_ERRORS = (OSError, RuntimeError, http.client.HTTPException, ValueError, KeyError)
@@ -937,10 +948,7 @@ def docker_failover(base: Path, layer_dirs: list[str], managers: int = 3, replic
         return {"docker_skipped": missing}
     if managers < 3:
         raise ValueError("a failover keeps quorum only with managers >= 3")
-    began = time.monotonic()
-
-    def say(message: str) -> None:
-        progress(f"[docker-lab +{time.monotonic() - began:5.0f}s] {message}")
+    say = _clocked(progress)
 
     root = base / "docker-failover-lab"
     root.mkdir()
@@ -995,14 +1003,7 @@ def docker_failover(base: Path, layer_dirs: list[str], managers: int = 3, replic
         result["docker_failover_error"] = f"{stage}: {exc!r}"
         return result
     finally:
-        say("tearing the lab down")
-        result["docker_failover_cleanup"] = lab.down()
-        say(f"cleanup: {result['docker_failover_cleanup']}")
-        logs = base / "docker-failover-lab-logs"
-        for node in lab.nodes:
-            if (node.root / "logs").is_dir():
-                shutil.copytree(node.root / "logs", logs / f"n{node.index}", dirs_exist_ok=True)
-        shutil.rmtree(root, ignore_errors=True)
+        result["docker_failover_cleanup"] = lab.take_down(base / "docker-failover-lab-logs")
 
 
 def host_busybox_layers() -> list[str] | str:

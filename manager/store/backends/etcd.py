@@ -31,6 +31,7 @@ Policy:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -41,7 +42,7 @@ from aetcd.utils import prefix_range_end
 from ..errors import NotLeader, StoreUnavailable, VersionConflict
 from .base import Change, ChangeBatch, Fence, Op, Record
 from .etcd_election import Leadership, campaign, leader, register, roster
-from .etcd_members import REQUIRE_LEADER, Members, kv
+from .etcd_members import CALL_ERRORS, REQUIRE_LEADER, Members, kv
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class EtcdBackend:
                     for batch in self._batches(reply.events):
                         start = batch.revision + 1
                         yield batch
-            except (grpc.aio.AioRpcError, ConnectionError) as error:
+            except CALL_ERRORS as error:
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                 failures += 1
                 log.warning("etcd watch dropped (%s); resuming at %d in %.1fs", error, start, delay)
@@ -214,15 +215,15 @@ class EtcdBackend:
         """Group a watch reply's events by revision: one etcd revision is one commit."""
         batches: list[ChangeBatch] = []
         for event in events:
-            kv = event.kv
-            parsed = self._parse(kv.key)
+            record = event.kv
+            parsed = self._parse(record.key)
             if parsed is None:
                 continue
-            if not batches or batches[-1].revision != kv.mod_revision:
-                batches.append(ChangeBatch(kv.mod_revision, []))
+            if not batches or batches[-1].revision != record.mod_revision:
+                batches.append(ChangeBatch(record.mod_revision, []))
             deleted = event.type == rpc.Event.DELETE
             batches[-1].changes.append(
-                Change(parsed[0], parsed[1], None if deleted else kv.value, kv.mod_revision)
+                Change(parsed[0], parsed[1], None if deleted else record.value, record.mod_revision)
             )
         return batches
 
@@ -230,9 +231,12 @@ class EtcdBackend:
         """Ask etcd for a progress mark (etcd >= 3.4): it answers once the watch has sent
         every event up to the current revision."""
         if self._watch_call is not None:
-            await self._watch_call.write(
-                rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
-            )
+            # a stream that is failing asks nothing: the watch reconnects, and the caller
+            # waits for the revision with a timeout anyway
+            with contextlib.suppress(*CALL_ERRORS):
+                await self._watch_call.write(
+                    rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+                )
 
     # ---- leader election and the roster (etcd_election.py) ------------------------------
 

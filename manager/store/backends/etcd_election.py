@@ -34,7 +34,7 @@ from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
 from .base import Fence
-from .etcd_members import REQUIRE_LEADER, Members, kv
+from .etcd_members import CALL_ERRORS, REQUIRE_LEADER, Members, failover_reason, kv
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +94,11 @@ class Lease:
                             return
                         self._expires = sent + reply.TTL
                         await asyncio.sleep(self.ttl / 4)
-                except asyncio.InvalidStateError as error:  # write() on a finished call
-                    what = f"the stream had ended: {error}"
+                except CALL_ERRORS as error:
                     log.warning("lease %x: keep-alive failed on %s (%s); %.1fs left", self.id,
-                                self._members.pinned, what, self.left())
-                    self._members.failed(channel, ConnectionError(what))
-                except (grpc.aio.AioRpcError, ConnectionError, TimeoutError) as error:
-                    what = (error.details() if isinstance(error, grpc.aio.AioRpcError)
-                            else str(error)) or type(error).__name__
-                    log.warning("lease %x: keep-alive failed on %s (%s); %.1fs left", self.id,
-                                self._members.pinned, what, self.left())
-                    self._members.failed(channel, error if not isinstance(error, TimeoutError)
-                                         else TimeoutError("no keep-alive answer in time"))
+                                self._members.pinned, failover_reason(error) or repr(error),
+                                self.left())
+                    self._members.failed(channel, error)
                 finally:
                     call.cancel()
                 # soon, and on the next member: the lease's time is running
@@ -122,7 +115,7 @@ class Lease:
             pass
         except Exception:  # noqa: BLE001 - a bug in the keep-alive must not stop the revoke
             log.exception("lease %x: the keep-alive task failed", self.id)
-        with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError, ConnectionError):
+        with contextlib.suppress(*CALL_ERRORS):
             await self._members.call(lambda ch: rpc.LeaseStub(ch).LeaseRevoke(
                 rpc.LeaseRevokeRequest(ID=self.id), timeout=REVOKE_TIMEOUT,
                 metadata=REQUIRE_LEADER))
@@ -150,7 +143,7 @@ async def _beside_etcds_leader(members: Members) -> bool:
     try:
         reply = await members.call(lambda ch: rpc.MaintenanceStub(ch).Status(
             rpc.StatusRequest(), timeout=STATUS_TIMEOUT))
-    except (grpc.aio.AioRpcError, TimeoutError, ConnectionError):
+    except CALL_ERRORS:
         return False
     return bool(reply.leader) and reply.leader == reply.header.member_id
 
@@ -201,8 +194,9 @@ async def _until_deleted(members: Members, key: bytes, start: int) -> None:
                 return
             if any(e.type == rpc.Event.DELETE for e in reply.events):
                 return
-    except grpc.aio.AioRpcError as error:
-        log.warning("election: watch failed (%s); trying again", error.details())
+    except CALL_ERRORS as error:
+        log.warning("election: watch failed (%s); trying again",
+                    failover_reason(error) or repr(error))
         members.failed(channel, error)
         await asyncio.sleep(RETRY)
     finally:
@@ -247,5 +241,5 @@ async def roster(members: Members, election_key: bytes,
     reply = await members.call(kv("Txn", request, RPC_TIMEOUT))
     head, registered = (r.response_range.kvs for r in reply.responses)
     leading = bytes(head[0].value) if head else None
-    return leading, {bytes(kv.key[len(members_prefix):]).decode(): bytes(kv.value)
-                     for kv in registered}
+    return leading, {bytes(item.key[len(members_prefix):]).decode(): bytes(item.value)
+                     for item in registered}

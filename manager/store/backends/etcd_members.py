@@ -24,6 +24,7 @@ Policy:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -32,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from aetcd import rpc
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ T = TypeVar("T")
 
 REQUIRE_LEADER = (("hasleader", "true"),)  # etcd's rpctypes.MetadataRequireLeaderKey
 FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# How a call to a member fails (InvalidStateError: a write on a stream that has ended).
+CALL_ERRORS = (grpc.aio.AioRpcError, TimeoutError, ConnectionError, asyncio.InvalidStateError)
 OPTIONS = [
     # A commit of 10,000 tasks is a few MiB on the wire; so is a watch response for it.
     ("grpc.max_receive_message_length", 256 << 20),
@@ -73,7 +77,11 @@ def failover_reason(error: BaseException) -> str:
         if error.code() in FAILOVER_CODES:
             return f"{error.code().name}: {error.details()}"
         return ""
-    if isinstance(error, (TimeoutError, ConnectionError)):
+    if isinstance(error, TimeoutError):
+        return str(error) or "no answer in time"
+    if isinstance(error, asyncio.InvalidStateError):
+        return f"the stream had ended ({error})"
+    if isinstance(error, ConnectionError):
         return str(error) or type(error).__name__
     return ""
 
@@ -81,8 +89,6 @@ def failover_reason(error: BaseException) -> str:
 def kv(method: str, request: Any, timeout: float) -> Callable[[grpc.aio.Channel], Any]:
     """For `Members.call`: the KV service's `method` ("Range", "Txn", "Put") with
     `request`, on whichever member's channel it is given."""
-    from aetcd import rpc
-
     def call(channel: grpc.aio.Channel) -> Any:
         return getattr(rpc.KVStub(channel), method)(request, timeout=timeout,
                                                     metadata=REQUIRE_LEADER)
@@ -127,7 +133,7 @@ class Members:
         channel = self.channel()
         try:
             return await make(channel)
-        except (grpc.aio.AioRpcError, TimeoutError, ConnectionError) as error:
+        except CALL_ERRORS as error:
             self.failed(channel, error)
             raise
 
