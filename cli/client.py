@@ -55,18 +55,21 @@ def explain(exc: Exception) -> CLIError:
     """A grpc.RpcError as the daemon's message (docker's 'Error response from daemon')."""
     import grpc
 
+    from pyswarm.common.rpc import answered
+
     if isinstance(exc, grpc.RpcError):
         code = exc.code()
-        if code == grpc.StatusCode.UNAVAILABLE and _transport_failure(exc.details() or ""):
+        if (code == grpc.StatusCode.UNAVAILABLE and not answered(exc)
+                and _transport_failure(exc.details() or "")):
             return _not_running()
         return CLIError(f"Error response from daemon: {exc.details()}")
     return CLIError(str(exc))
 
 
 def _transport_failure(details: str) -> bool:
-    """UNAVAILABLE from the connection itself (no daemon), not a daemon's own answer (a
-    manager that lost its leadership mid-request says so, and that the request may be
-    retried)."""
+    """UNAVAILABLE from the connection itself (no daemon). A daemon's own answers are told
+    apart first, by their mark (common.rpc.answered): their message may quote these words
+    about a connection of the daemon's own, to an etcd member or another manager."""
     return any(s in details for s in ("failed to connect", "Socket closed", "Connection reset",
                                       "connections to all backends failing", "Broken pipe"))
 

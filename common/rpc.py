@@ -26,6 +26,23 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
 # Trailing metadata of a follower manager's refusal of a dispatcher call: the leader's
 # ADDR:PORT, where the node's agent goes next.
 LEADER_KEY = "pyswarm-leader"
+# Trailing metadata of every error a pyswarm servicer raises on purpose: the error's class.
+# A client tells such an answer from a failed connection by it, never by the message's
+# words (a store error may quote gRPC's own "failed to connect" about an etcd member).
+ERROR_KEY = "pyswarm-error"
+
+
+def answered(exc: grpc.RpcError) -> bool:
+    """Whether the status came from a pyswarm servicer rather than from the transport."""
+    metadata = exc.trailing_metadata() if isinstance(exc, grpc.Call) else None
+    return any(key == ERROR_KEY for key, _ in metadata or ())
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: Exception, code: grpc.StatusCode,
+                *metadata: tuple[str, str]) -> None:
+    """End the call with `code` and the error's message, marked as pyswarm's own answer."""
+    await context.abort(code, str(exc),
+                        trailing_metadata=((ERROR_KEY, type(exc).__name__), *metadata))
 
 
 def status_for(exc: errors.PyswarmError) -> grpc.StatusCode:
@@ -44,7 +61,7 @@ def user_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 return await method(self, request, context)
             except errors.PyswarmError as exc:
-                await context.abort(status_for(exc), str(exc))
+                await abort(context, exc, status_for(exc))
 
         return unary
 
@@ -54,7 +71,7 @@ def user_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             async for item in method(self, request, context):
                 yield item
         except errors.PyswarmError as exc:
-            await context.abort(status_for(exc), str(exc))
+            await abort(context, exc, status_for(exc))
 
     return streaming
 

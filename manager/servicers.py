@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import grpc
 
 from pyswarm.common.errors import FailedPrecondition
-from pyswarm.common.rpc import LEADER_KEY, user_errors
+from pyswarm.common.rpc import LEADER_KEY, abort, user_errors
 from pyswarm.manager import control
 from pyswarm.manager.dispatcher.dispatcher import Dispatcher
 from pyswarm.manager.dispatcher.netpush import Serialized, serialize_session
@@ -264,12 +264,11 @@ def _redirects(method: Callable[..., Any]) -> Callable[..., Any]:
     """A follower refuses dispatcher calls with UNAVAILABLE, and the leader's address in
     the trailing metadata: the node's agent goes there (worker/agent/remotes.py)."""
 
-    async def abort(host: ManagerHost, context: Any, exc: NotLeader) -> None:
+    async def refuse(host: ManagerHost, context: Any, exc: NotLeader) -> None:
         m = host.manager
         leader = m.terms.leader_addr() if m is not None else ""
         # an empty value: an election is on (the node retries soon, not after a backoff)
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc),
-                            trailing_metadata=((LEADER_KEY, leader),))
+        await abort(context, exc, grpc.StatusCode.UNAVAILABLE, (LEADER_KEY, leader))
 
     if inspect.isasyncgenfunction(method):
         async def streaming(self: Any, request: Any, context: Any) -> Any:
@@ -277,7 +276,7 @@ def _redirects(method: Callable[..., Any]) -> Callable[..., Any]:
                 async for item in method(self, request, context):
                     yield item
             except NotLeader as exc:
-                await abort(self.host, context, exc)
+                await refuse(self.host, context, exc)
 
         streaming.__name__ = method.__name__
         return streaming
@@ -286,7 +285,7 @@ def _redirects(method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return await method(self, request, context)
         except NotLeader as exc:
-            await abort(self.host, context, exc)
+            await refuse(self.host, context, exc)
 
     unary.__name__ = method.__name__
     return unary
@@ -322,7 +321,7 @@ def _denials(method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return await method(self, request, context)
         except ca.PermissionDenied as exc:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            await abort(context, exc, grpc.StatusCode.PERMISSION_DENIED)
 
     guarded.__name__ = method.__name__
     return guarded

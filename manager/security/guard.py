@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from pyswarm.common.rpc import abort
 from pyswarm.manager.manager import Manager
 from pyswarm.manager.security import authz
 from pyswarm.manager.security.ca import PermissionDenied, removed
@@ -76,7 +77,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             who = (f"node {caller.node_id} ({caller.role})" if caller else
                    "a peer without a node certificate")
             _log(f"refused {method.rpartition('.')[2]} from {who}: {exc}")
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            await abort(context, exc, grpc.StatusCode.PERMISSION_DENIED)
         return caller
 
     async def _until_removed(self, items: AsyncIterator[Any], node_id: str,
@@ -106,7 +107,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                     await step
                 _log(f"ended the session of node {node_id}: it was removed from the swarm")
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, removed(node_id))
+                await abort(context, PermissionDenied(removed(node_id)),
+                            grpc.StatusCode.PERMISSION_DENIED)
         finally:
             gone.cancel()
             with contextlib.suppress(asyncio.CancelledError):
