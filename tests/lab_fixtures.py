@@ -138,22 +138,24 @@ def lab_name(index: int = 0) -> str:
 
 @contextlib.contextmanager
 def lab_cluster(nodes: int = 3, index: int = 0, extra: tuple[str, ...] = ()) -> Iterator[Lab]:
-    """`lab up --nodes N` on a free run-unique subnet; `lab down` afterwards, always."""
+    """`lab up --nodes N` on a free run-unique subnet; `lab down` afterwards, always: also
+    when interrupted while `up` runs (a benchmark's timeout is a SIGINT), which would leave
+    whatever `up` had started."""
     name = lab_name(index)
     last = ""
-    for attempt in range(8):
-        subnet = f"198.18.{100 + (RUN_TOKEN * 4 + index + attempt) % _SUBNETS}.0/24"
-        out = lab_cli("up", "--name", name, "--nodes", str(nodes), "--subnet", subnet, *extra,
-                      check=False, timeout=300)
-        if out.returncode == 0:
-            break
-        last = out.stdout + out.stderr
-        if "overlaps" not in out.stderr:  # another run's subnet: try the next one
-            raise AssertionError(f"lab up failed:\n{last}")
-    else:
-        raise AssertionError(f"lab up found no free subnet:\n{last}")
-    lab = Lab(name, subnet, out.stdout)
     try:
+        for attempt in range(8):
+            subnet = f"198.18.{100 + (RUN_TOKEN * 4 + index + attempt) % _SUBNETS}.0/24"
+            out = lab_cli("up", "--name", name, "--nodes", str(nodes), "--subnet", subnet,
+                          *extra, check=False, timeout=300)
+            if out.returncode == 0:
+                break
+            last = out.stdout + out.stderr
+            if "overlaps" not in out.stderr:  # another run's subnet: try the next one
+                raise AssertionError(f"lab up failed:\n{last}")
+        else:
+            raise AssertionError(f"lab up found no free subnet:\n{last}")
+        lab = Lab(name, subnet, out.stdout)
         lab.addresses = {n: v["address"] for n, v in lab.ls().items()}
         yield lab
     finally:
