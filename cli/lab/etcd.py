@@ -38,6 +38,7 @@ PEER_PORT = 2380
 # assumes (max_txn_ops); heartbeat and election timings stay etcd's defaults (100 ms and
 # 1 s): the members share one machine, so their links are never the slow part.
 MAX_REQUEST_BYTES = 10 << 20
+EXEC_TIMEOUT = 10.0  # seconds nsenter gets to exec etcd
 HEALTH_TIMEOUT = 60.0  # a fresh member elects a leader in a few seconds, even on a busy host
 STOP_GRACE = 10.0  # etcd hands its leadership over on SIGTERM: seconds before SIGKILL
 
@@ -167,6 +168,22 @@ def start(member: NodeLayout, members: Sequence[NodeLayout]) -> int:
         proc = subprocess.Popen(nodes.inside(member, argv), env=_env(member),
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
+    # The pid is known as this member by its command line (member_pid), which it has only
+    # once nsenter has exec'd etcd: until then /proc shows the forked child's (empty,
+    # read at the wrong moment), and a check then took a starting member for one that
+    # had exited (seen once in tests/root/test_ha.py's 20 restarts).
+    deadline = time.monotonic() + EXEC_TIMEOUT
+    while not is_member_of(_argv(proc.pid), member):
+        if proc.poll() is not None:
+            raise EtcdError(f"etcd member {member.member} ({member.name}) exited at once "
+                            f"(status {proc.returncode}); see {member.etcd_log}:\n"
+                            f"{_log_tail(member)}".rstrip())
+        if time.monotonic() >= deadline:
+            proc.kill()
+            proc.wait()
+            raise EtcdError(f"etcd member {member.member} ({member.name}) did not start "
+                            f"within {EXEC_TIMEOUT:.0f}s (nsenter never ran etcd)")
+        time.sleep(0.01)
     return proc.pid
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import shlex
 
 import pytest
 
@@ -223,3 +224,44 @@ def test_help_teaches_the_new_forms() -> None:
     commands = next(a for a in lab._actions if isinstance(a, argparse._SubParsersAction))
     assert "--store" in commands.choices["up"].format_help()
     assert "etcd1, etcd2" in commands.choices["kill"].format_help()
+
+
+# ---- starting a member -------------------------------------------------------------------
+
+
+@pytest.fixture
+def slow_exec(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """etcd.start with a stand-in etcd (a shell script that sleeps, keeping the member's
+    command line) behind a launcher that waits 0.3 s before it execs it, the window in
+    which a member's process shows no etcd command line yet; no namespace is entered."""
+    monkeypatch.setattr(layout, "STATE_BASE", tmp_path / "state")
+    fake = tmp_path / "etcd"
+    fake.write_text("#!/bin/sh\nsleep 30\n")
+    fake.chmod(0o755)
+    real_command = etcd.command
+    monkeypatch.setattr(etcd, "command", lambda m, ms, existing: real_command(
+        m, ms, existing=existing, binary=str(fake)))
+    monkeypatch.setattr(etcd, "check_installed", lambda: None)
+    monkeypatch.setattr(etcd.nodes, "inside", lambda node, argv: [
+        "sh", "-c", f"sleep 0.3; exec {shlex.join(argv)}"])
+    started: list[int] = []
+    yield started
+    for pid in started:
+        etcd.procs.signal_all([pid], 9)
+        etcd.procs.wait_gone([pid], 5)
+
+
+def test_a_started_member_is_known_by_its_pid_at_once(slow_exec) -> None:  # type: ignore[no-untyped-def]
+    three = members(3)
+    pid = etcd.start(three[0], three)
+    slow_exec.append(pid)
+    # what `lab start` and wait_healthy ask right after: it once said "exited"
+    assert etcd.member_pid(three[0], pid) == pid
+
+
+def test_a_member_that_exits_at_once_is_reported_with_its_log(slow_exec, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(etcd.nodes, "inside", lambda node, argv: [
+        "sh", "-c", "echo 'flag provided but not defined' >&2; exit 2"])
+    three = members(3)
+    with pytest.raises(etcd.EtcdError, match=r"(?s)exited at once .status 2.*flag provided"):
+        etcd.start(three[1], three)
