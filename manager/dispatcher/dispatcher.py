@@ -154,6 +154,9 @@ class Dispatcher:
             state = self.network.pull(session.id)  # the first NetworkState, whole
             if state is not None:
                 yield session_message(session.id, self.period_ms, state)
+            # What was sent is not kept while the session waits: a whole state is megabytes
+            # at 10,000 tasks, and every session held its last one (twice) until the next.
+            state = None
             while True:
                 item = await session.queue.get()
                 if item is None:
@@ -163,8 +166,10 @@ class Dispatcher:
                     if state is None:
                         continue  # nothing changed for this node
                     item = session_message(session.id, self.period_ms, state)
+                    state = None
                 assert isinstance(item, cpb.SessionMessage | Serialized)
                 yield item
+                item = None
         finally:
             self.network.remove(session.id)
             if self._sessions.get(node_id) is session:

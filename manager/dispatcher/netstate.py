@@ -330,9 +330,9 @@ class NetworkModel:
         if had is None or had.round < self._oldest() or not had.version:
             # (a state of version 0, an empty store's, is no base: base_version 0 is whole)
             self.whole_states += 1
-            data = (_uint(NS.VERSION_FIELD_NUMBER, self.revision)
-                    + self._cut(self._peers_whole(), node_id)
-                    + self._shared_whole(joined) + attached)
+            data = b"".join((_uint(NS.VERSION_FIELD_NUMBER, self.revision),
+                             self._cut(self._peers_whole(), node_id),
+                             self._shared_whole(joined), attached))
             return data, Delivered(self.round, joined, attached, self.revision)
         if had.round == self.round and had.joined == joined and had.attached == attached:
             return None, had
@@ -341,8 +341,9 @@ class NetworkModel:
         if not shared and not peers and attached == had.attached:
             return None, Delivered(self.round, joined, attached, had.version)
         self.delta_states += 1
-        data = (_uint(NS.VERSION_FIELD_NUMBER, self.revision)
-                + _uint(NS.BASE_VERSION_FIELD_NUMBER, had.version) + peers + shared + attached)
+        data = b"".join((_uint(NS.VERSION_FIELD_NUMBER, self.revision),
+                         _uint(NS.BASE_VERSION_FIELD_NUMBER, had.version), peers, shared,
+                         attached))
         return data, Delivered(self.round, joined, attached, self.revision)
 
     def state(self, node_id: str) -> cpb.NetworkState:

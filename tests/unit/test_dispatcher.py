@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
+import grpc
 import pytest
 
 from pyswarm.common.errors import NotFound
 from pyswarm.manager.allocator import networks as nets
 from pyswarm.manager.config import ManagerConfig
 from pyswarm.manager.dispatcher.dispatcher import Dispatcher
-from pyswarm.manager.dispatcher.netpush import Serialized
+from pyswarm.manager.dispatcher.netpush import Serialized, serialize_session, session_message
 from pyswarm.manager.store import MemoryBackend, Store
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
@@ -211,5 +213,79 @@ def test_network_state_follows_the_complete_assignments_and_each_change() -> Non
         await stream.aclose()
         await d.stop()
         await c.stop()
+
+    run(body())
+
+
+def test_a_waiting_session_holds_no_state_it_has_sent() -> None:
+    """Between messages a session waits on its queue. What it sent must not stay
+    referenced from it: a whole NetworkState is megabytes at 10,000 tasks, and a thousand
+    sessions each held their last one, twice (bench/scale.py's memory peak)."""
+    async def held(stream: Any) -> list[str]:
+        waiting = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.2)
+        assert not waiting.done(), "expected the session to wait for its next message"
+        found = [name for name, value in stream.ag_frame.f_locals.items()
+                 if isinstance(value, bytes | Serialized)]
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+            await waiting
+        return found
+
+    async def body() -> None:
+        c = await Cluster.start(nodes=3)
+        await c.deploy([service_spec("web", replicas=3, ports=((80, 8080, INGRESS),))])
+        await c.placed("s_web", 3)
+        # (no heartbeats are sent here: the deadline is far off)
+        d = Dispatcher(c.store, ManagerConfig(heartbeat_period=5), {"n1"})
+        await d.start()
+        stream = d.session(cpb.SessionRequest(node_id="n1", addr="198.18.0.1"))
+        await anext(stream)  # the COMPLETE assignments
+        assert isinstance(await anext(stream), Serialized)  # the whole state
+        assert await held(stream) == []
+        await stream.aclose()
+
+        stream = d.session(cpb.SessionRequest(node_id="n1", addr="198.18.0.1"))
+        await next_network(stream)
+        await c.run_all()  # deltas follow
+        await next_network(stream)
+        assert await held(stream) == []
+        await stream.aclose()
+        await d.stop()
+        await c.stop()
+
+    run(body())
+
+
+def test_a_sent_state_is_not_kept_by_grpcs_stream_either() -> None:
+    """gRPC's server keeps a stream's last response referenced until the next one: a
+    Serialized message gives its bytes up once serialized for sending, so the waiting
+    session's last message holds nothing. Checked through a real gRPC stream."""
+    sent: list[Serialized] = []
+    gate = asyncio.Event()
+
+    async def session(request: bytes, context: Any) -> Any:
+        message = session_message("s1", 1000, b"\x08\x07" * 50_000)
+        sent.append(message)
+        yield message
+        await gate.wait()
+
+    async def body() -> None:
+        server = grpc.aio.server()
+        handler = grpc.unary_stream_rpc_method_handler(session,
+                                                       response_serializer=serialize_session)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "t.T", {"Session": handler}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_stream("/t.T/Session",
+                                        response_deserializer=cpb.SessionMessage.FromString)(b"")
+            received = await anext(aiter(call))
+            assert received.network.version == 7 and received.session_id == "s1"
+            assert sent[0].data == b""  # what gRPC still references is empty
+            gate.set()
+            call.cancel()
+        await server.stop(None)
 
     run(body())
