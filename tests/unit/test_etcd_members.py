@@ -155,6 +155,26 @@ def test_a_registration_outlives_its_members_death_and_return(
     run(body())
 
 
+async def _etcds_leader(endpoints: list[str]) -> str:
+    """The endpoint of etcd's leader, once every member reports the same one (during a
+    transfer they may not, for a moment)."""
+    from aetcd import rpc
+
+    for _ in range(50):
+        by_id, leaders = {}, set()
+        for endpoint in endpoints:
+            one = Members([endpoint])
+            reply = await one.call(lambda ch: rpc.MaintenanceStub(ch).Status(
+                rpc.StatusRequest(), timeout=5))
+            by_id[reply.header.member_id] = endpoint
+            leaders.add(reply.leader)
+            await one.close()
+        if len(leaders) == 1:
+            return by_id[leaders.pop()]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the members disagree on etcd's leader: {leaders}")
+
+
 def test_a_candidate_beside_etcds_leader_lets_another_lead(
         etcd_cluster: EtcdCluster) -> None:  # noqa: F811
     """Two candidates at once: the one whose member is etcd's leader would commit first;
@@ -164,18 +184,7 @@ def test_a_candidate_beside_etcds_leader_lets_another_lead(
     from pyswarm.manager.store.backends.etcd_election import campaign
 
     async def body() -> None:
-        probe = Members(etcd_cluster.endpoints)
-        status = await probe.call(lambda ch: rpc.MaintenanceStub(ch).Status(
-            rpc.StatusRequest(), timeout=5))
-        by_id = {}
-        for endpoint in etcd_cluster.endpoints:
-            one = Members([endpoint])
-            reply = await one.call(lambda ch: rpc.MaintenanceStub(ch).Status(
-                rpc.StatusRequest(), timeout=5))
-            by_id[reply.header.member_id] = endpoint
-            await one.close()
-        await probe.close()
-        leader = by_id[status.leader]
+        leader = await _etcds_leader(etcd_cluster.endpoints)
         follower = next(e for e in etcd_cluster.endpoints if e != leader)
         beside = Members([leader, follower])
         apart = Members([follower, leader])
@@ -190,5 +199,30 @@ def test_a_candidate_beside_etcds_leader_lets_another_lead(
         await first.result().resign()
         for m in (beside, apart):
             await m.close()
+
+    run(body())
+
+
+def test_a_leader_hands_etcds_leadership_away_from_its_own_member(
+        etcd_cluster: EtcdCluster) -> None:  # noqa: F811
+    """A manager that leads while its own machine's member is etcd's leader (it was alone,
+    or etcd elected that member later) asks etcd to move its leadership elsewhere: else
+    that machine's death costs etcd's election and then the lease, in series."""
+    from pyswarm.manager.store.backends.etcd_election import campaign
+
+    async def body() -> None:
+        leader = await _etcds_leader(etcd_cluster.endpoints)
+        follower = next(e for e in etcd_cluster.endpoints if e != leader)
+        beside = Members([leader, follower])  # pinned at etcd's leader: its own member
+        key = f"/pyswarm-test/{uuid.uuid4().hex}.election/manager".encode()
+        term = await asyncio.wait_for(campaign(beside, key, b"beside", 2), 10)
+        deadline = asyncio.get_running_loop().time() + 10
+        while (now := await _etcds_leader(etcd_cluster.endpoints)) == leader:
+            assert asyncio.get_running_loop().time() < deadline, "etcd's leader stayed"
+            await asyncio.sleep(0.2)
+        assert now != leader
+        assert not term.lost.is_set(), "the lease survived the move"
+        await term.resign()
+        await beside.close()
 
     run(body())
