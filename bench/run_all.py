@@ -131,6 +131,14 @@ class Output:
         return thread
 
 
+def _default_sigint() -> None:
+    """In the benchmark's process, before it execs: SIGINT at its default, which Python
+    turns into KeyboardInterrupt. An ignored SIGINT is inherited (a background job of a
+    non-interactive shell, as CI scripts and nohup start it, has one), and the benchmark
+    would then never see the SIGINT that `stop` sends, nor clean up."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stop(proc: subprocess.Popen[bytes], grace: float) -> None:
     """SIGINT first: the benchmarks clean up (daemons, namespaces, mounts) in `finally`
     blocks, which a KeyboardInterrupt runs. Its process group is killed only if it is still
@@ -173,7 +181,7 @@ def run_one(bench: Bench, quick: bool = False, python: str = sys.executable,
     proc = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
     assert proc.stdout is not None and proc.stderr is not None
     readers = [output.reader(proc.stdout, True), output.reader(proc.stderr, False)]
     timed_out = interrupted = False
