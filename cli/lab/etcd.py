@@ -165,15 +165,16 @@ def start(member: NodeLayout, members: Sequence[NodeLayout]) -> int:
                   .encode())
         log.flush()
         # nsenter enters the namespace and execs etcd in place: the pid is etcd's.
-        proc = subprocess.Popen(nodes.inside(member, argv), env=_env(member),
+        launch = nodes.inside(member, argv)
+        proc = subprocess.Popen(launch, env=_env(member),
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
-    # The pid is known as this member by its command line (member_pid), which it has only
-    # once nsenter has exec'd etcd: until then /proc shows the forked child's (empty,
-    # read at the wrong moment), and a check then took a starting member for one that
-    # had exited (seen once in tests/root/test_ha.py's 20 restarts).
+    # The pid is known as this member by its command line (member_pid). Return only once
+    # the launcher (nsenter) has exec'd etcd: nsenter's own command line names the member
+    # too, and while a process execs /proc shows it with none, which a check then took for
+    # a member that had exited (twice in tests/root/test_ha.py's restarts).
     deadline = time.monotonic() + EXEC_TIMEOUT
-    while not is_member_of(_argv(proc.pid), member):
+    while not _execd(_argv(proc.pid), launch[0], member):
         if proc.poll() is not None:
             raise EtcdError(f"etcd member {member.member} ({member.name}) exited at once "
                             f"(status {proc.returncode}); see {member.etcd_log}:\n"
@@ -185,6 +186,12 @@ def start(member: NodeLayout, members: Sequence[NodeLayout]) -> int:
                             f"within {EXEC_TIMEOUT:.0f}s (nsenter never ran etcd)")
         time.sleep(0.01)
     return proc.pid
+
+
+def _execd(seen: Sequence[str], launcher: str, member: NodeLayout) -> bool:
+    """Whether a command line read from /proc is the member's etcd itself (not yet its
+    launcher, and not the empty one of a process in the middle of an exec)."""
+    return bool(seen) and seen[0] != launcher and is_member_of(seen, member)
 
 
 def _log_tail(member: NodeLayout, chars: int = 1200) -> str:
