@@ -179,8 +179,6 @@ def test_a_candidate_beside_etcds_leader_lets_another_lead(
         etcd_cluster: EtcdCluster) -> None:  # noqa: F811
     """Two candidates at once: the one whose member is etcd's leader would commit first;
     it waits, so that one machine's death never takes both leaders."""
-    from aetcd import rpc
-
     from pyswarm.manager.store.backends.etcd_election import campaign
 
     async def body() -> None:
