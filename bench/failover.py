@@ -258,15 +258,11 @@ def bench_writes(lab: Lab, count: int, progress: Any) -> dict[str, Any]:
 
 def bench_docker(rounds: int, replicas: int, progress: Any) -> dict[str, Any]:
     try:
-        from bench.peers.docker_lab import docker_failover, host_busybox_layers
+        from bench.peers.docker_lab import docker_failover, with_host_busybox
     except ImportError as exc:
         return {"docker_skipped": f"bench/peers/docker_lab.py unavailable: {exc}"}
-    layers = host_busybox_layers()
-    if isinstance(layers, str):
-        return {"docker_skipped": layers}
-    with tempfile.TemporaryDirectory(prefix="pyswarm-bench-docker-") as tmp:
-        return dict(docker_failover(Path(tmp), layers, managers=3,
-                                    replicas=replicas, rounds=rounds, progress=progress))
+    return with_host_busybox(docker_failover, managers=3, replicas=replicas, rounds=rounds,
+                             progress=progress)
 
 
 def main() -> int:

@@ -147,15 +147,11 @@ def bench_pyswarm(rounds: int, replicas: int, progress: Any) -> dict[str, Any]:
 
 def bench_docker(rounds: int, replicas: int, progress: Any) -> dict[str, Any]:
     try:
-        from bench.peers.docker_lab import docker_recovery, host_busybox_layers
+        from bench.peers.docker_lab import docker_recovery, with_host_busybox
     except ImportError as exc:
         return {"docker_skipped": f"bench/peers/docker_lab.py unavailable: {exc}"}
-    layers = host_busybox_layers()
-    if isinstance(layers, str):
-        return {"docker_skipped": layers}
-    with tempfile.TemporaryDirectory(prefix="pyswarm-bench-docker-") as tmp:
-        return dict(docker_recovery(Path(tmp), layers, nodes=3,
-                                    replicas=replicas, rounds=rounds, progress=progress))
+    return with_host_busybox(docker_recovery, nodes=3, replicas=replicas, rounds=rounds,
+                             progress=progress)
 
 
 def main() -> int:

@@ -1019,6 +1019,17 @@ def host_busybox_layers() -> list[str] | str:
     return list(image.layer_dirs)
 
 
+def with_host_busybox(run: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+    """`run(base, layers, **kwargs)` (docker_recovery, docker_failover) in a throw-away
+    folder with the host's busybox layers: a benchmark's Docker peer; {"docker_skipped":
+    why} without those layers."""
+    layers = host_busybox_layers()
+    if isinstance(layers, str):
+        return {"docker_skipped": layers}
+    with tempfile.TemporaryDirectory(prefix="pyswarm-bench-docker-") as tmp:
+        return dict(run(Path(tmp), layers, **kwargs))
+
+
 # ---- python bench/peers/docker_lab.py -----------------------------------------------------
 
 

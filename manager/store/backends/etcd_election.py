@@ -165,17 +165,16 @@ async def _keep_apart(members: Members) -> None:
         try:
             await _move_etcds_leader_away(members)
         except CALL_ERRORS as error:
-            log.info("could not check where etcd's leader is (%s)", failover_reason(error)
-                     or error)
+            log.info("could not check where etcd's leader is (%s)",
+                     failover_reason(error) or repr(error))
         await asyncio.sleep(APART_PERIOD)
 
 
 async def _move_etcds_leader_away(members: Members) -> None:
     if len(members.endpoints) == 1 or not is_local(members.pinned):
         return  # no other member, or the pinned member is not on this machine
-    status = await members.call(lambda ch: rpc.MaintenanceStub(ch).Status(
-        rpc.StatusRequest(), timeout=STATUS_TIMEOUT))
-    if not status.leader or status.leader != status.header.member_id:
+    leading = await _leading_member(members)
+    if not leading:
         return
     listed = await members.call(lambda ch: rpc.ClusterStub(ch).MemberList(
         rpc.MemberListRequest(), timeout=STATUS_TIMEOUT))
@@ -183,27 +182,33 @@ async def _move_etcds_leader_away(members: Members) -> None:
     # behind) fails the call, which says nothing against the pinned member.
     maintenance = rpc.MaintenanceStub(members.channel())
     for member in listed.members:
-        if member.ID == status.leader or not member.name:  # itself, or never started
+        if member.ID == leading or not member.name:  # itself, or never started
             continue
         try:
             await maintenance.MoveLeader(rpc.MoveLeaderRequest(targetID=member.ID),
                                          timeout=MOVE_TIMEOUT)
         except CALL_ERRORS as error:
             log.info("etcd member %s could not take etcd's leadership (%s)", member.name,
-                     failover_reason(error) or error)
+                     failover_reason(error) or repr(error))
             continue
         log.info("etcd's leader was this manager's own member: moved to %s", member.name)
         return
 
 
+async def _leading_member(members: Members) -> int:
+    """The pinned member's id if it is etcd's own leader, else 0 (a member call's errors
+    are raised)."""
+    reply = await members.call(lambda ch: rpc.MaintenanceStub(ch).Status(
+        rpc.StatusRequest(), timeout=STATUS_TIMEOUT))
+    return int(reply.leader) if reply.leader == reply.header.member_id else 0
+
+
 async def _beside_etcds_leader(members: Members) -> bool:
     """Whether this candidate's member is etcd's own leader (False if it cannot tell)."""
     try:
-        reply = await members.call(lambda ch: rpc.MaintenanceStub(ch).Status(
-            rpc.StatusRequest(), timeout=STATUS_TIMEOUT))
+        return bool(await _leading_member(members))
     except CALL_ERRORS:
         return False
-    return bool(reply.leader) and reply.leader == reply.header.member_id
 
 
 async def campaign(members: Members, key: bytes, value: bytes, ttl: int) -> Leadership:
