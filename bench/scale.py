@@ -53,6 +53,12 @@ TARGET_PLACEMENTS = 10_000.0
 TARGET_MEMORY_MB = 300.0
 TARGET_CPU = 0.5
 TARGET_REPLACE_S = 5.0
+# Manager counters (Control.Info) reported for the rest window as `<label>_rest_<key>`.
+REST_COUNTERS = ("store_commits", "store_writes", "dispatcher_sessions",
+                 "dispatcher_marked_down", "dispatcher_false_downs", "netpush_bytes",
+                 "orchestrator_passes", "orchestrator_services", "orchestrator_seconds",
+                 "orchestrator_wakes_task", "orchestrator_wakes_node",
+                 "orchestrator_wakes_service")
 
 
 def log(message: str) -> None:
@@ -294,6 +300,7 @@ async def run_one(store: str, nodes: int, tasks: int, args: argparse.Namespace,
         log(f"{label}: measuring the manager at rest for {args.rest:g} s")
         profiler.start("rest")
         beats_before = fleet.stats.heartbeats
+        counters_before = dict((await control.Info(cpb.InfoRequest())).metrics)
         # What the manager costs is its daemon's and its port router's (a process of its own).
         routers = router_pids(pid)
         manager = [pid, *routers]
@@ -305,6 +312,12 @@ async def run_one(store: str, nodes: int, tasks: int, args: argparse.Namespace,
         router_cpu = (cpu_seconds(routers) - router_before) / wall
         beats = (fleet.stats.heartbeats - beats_before) / args.rest
         profiler.stop()
+        # What the manager did while "at rest": a cluster at rest writes and reconciles
+        # nothing, and the figures above are only a rest's if these stay near zero.
+        counters = dict((await control.Info(cpb.InfoRequest())).metrics)
+        for key in REST_COUNTERS:
+            out[f"{label}_rest_{key}"] = round(
+                counters.get(key, 0) - counters_before.get(key, 0), 3)
         rss, peak = memory_mb(manager)
         router_rss, router_peak = memory_mb(routers)
         out[f"{label}_router_rss_mb"] = round(router_rss, 1)

@@ -49,7 +49,7 @@ class SimStats:
     worst_heartbeat_gap: float = 0.0  # seconds between two heartbeats, at worst (this
                                       # process's own lag shows here)
     errors: list[str] = field(default_factory=list)
-    # why sessions ended: a gRPC status code's name, or "closed" (the stream just ended)
+    # why sessions ended: "CODE: details" of the gRPC error, or "closed" (the stream ended)
     ended: collections.Counter[str] = field(default_factory=collections.Counter)
     # the longest this process's event loop was late (seconds): when this grows, the
     # simulated nodes themselves are slow to heartbeat, and the figures measure them
@@ -142,7 +142,7 @@ class SimNode:
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
-                self.stats.ended[exc.code().name] += 1
+                self.stats.ended[f"{exc.code().name}: {exc.details()}"[:80]] += 1
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
                                       grpc.StatusCode.NOT_FOUND):
                     self.stats.errors.append(f"{self.name}: {exc.code().name} {exc.details()}")

@@ -135,6 +135,7 @@ class Dispatcher:
         if not node_id:
             raise NotFound("a session needs the node's id")
         self._came_back(node_id)
+        self.store.metrics.add("dispatcher_sessions")
         await self.store.update(lambda tx: self._register(tx, request), retries=5, fenced=True)
         session = _Session(secrets.token_hex(8), node_id)
         old = self._sessions.get(node_id)
@@ -238,15 +239,17 @@ class Dispatcher:
             node.role = role
             node.spec.desired_role = role
             node.spec.availability = opb.NODE_AVAILABILITY_ACTIVE
+            before = None
         else:
-            node = _copy(node)
+            before, node = node, _copy(node)
         node.description.CopyFrom(request.description)
         node.status.state = N.NODE_STATE_READY
         node.status.message = ""
         node.status.addr = request.addr
         if fresh:
             tx.create(node)
-        else:
+        elif node != before:
+            # A session reopened by the same node changes nothing: no write, no event.
             tx.update(node)
 
     # ---- heartbeats ------------------------------------------------------------------------
@@ -293,6 +296,7 @@ class Dispatcher:
             if not dead:
                 continue
             self._downs.extend(now for _ in dead)
+            self.store.metrics.add("dispatcher_marked_down", len(dead))
             self._marked_down.update((n, now) for n in dead)
             for node_id in dead:
                 self._held_since.pop(node_id, None)

@@ -51,6 +51,12 @@ class Orchestrator:
 
     def _mark(self, event: Event) -> bool:
         """Mark the services the event may change the decisions of; True if any."""
+        wanted = self._mark_for(event)
+        if wanted:
+            self.store.metrics.add(f"orchestrator_wakes_{event.kind}")
+        return wanted
+
+    def _mark_for(self, event: Event) -> bool:
         if event.kind == "service":
             self._dirty.add(event.obj.id)
         elif event.kind == "task":
@@ -58,10 +64,23 @@ class Orchestrator:
                 return False
             self._dirty.add(event.obj.service_id)
         elif event.kind == "node":
-            # A node's state or availability changes what fits where: every service.
-            view = self.store.view()
-            self._dirty.update(s.id for s in view.all("service"))
+            return self._mark_node(event)
         return True
+
+    def _mark_node(self, event: Event) -> bool:
+        """A node event matters to the services with tasks on the node (lost, drained,
+        back) and to global services (one task per eligible node); a replicated service
+        with nothing on the node decides nothing by it: placing is the scheduler's. At a
+        thousand nodes, marking every service on every node write made each reopened
+        session or address change a reconcile of every task in the cluster."""
+        old, new = event.old, (None if event.action == "delete" else event.obj)
+        if old is not None and new is not None and not _node_may_change_reconcile(old, new):
+            return False
+        view = self.store.view()
+        marked = {t.service_id for t in view.find("task", node_id=event.obj.id)}
+        marked.update(s.id for s in view.all("service") if s.spec.WhichOneof("mode") == "global")
+        self._dirty.update(marked)
+        return bool(marked)
 
     def mark_dirty(self, service_id: str) -> None:
         self._dirty.add(service_id)
@@ -70,9 +89,14 @@ class Orchestrator:
         if not self._dirty:
             return
         ids, self._dirty = self._dirty, set()
+        started = time.perf_counter()
         # Split past the backend's per-commit limit (etcd): a retry re-reconciles from the
         # store, so parts already committed are not done twice (Store.update).
         await self.store.batch(lambda tx: self._reconcile(tx, ids), retries=5, fenced=True)
+        metrics = self.store.metrics
+        metrics.add("orchestrator_passes")
+        metrics.add("orchestrator_services", len(ids))
+        metrics.add("orchestrator_seconds", time.perf_counter() - started)
 
     def _reconcile(self, tx: WriteTx, ids: set[str]) -> None:
         now = self.clock()
@@ -132,6 +156,14 @@ def _may_change_reconcile(event: Event) -> bool:
         return False
     return (S.TASK_STATE_RUNNING in (state, before) or taskstate.is_terminal(state)
             or taskstate.is_terminal(before))
+
+
+def _node_may_change_reconcile(old: opb.Node, new: opb.Node) -> bool:
+    """Whether a node update can change what `reconcile()` decides: it reads a node's
+    state and availability, and (global services' constraints) its role, spec and
+    description; never its status message, address, overlay attachments or stamps."""
+    return (old.status.state != new.status.state or old.spec != new.spec
+            or old.role != new.role or old.description != new.description)
 
 
 def _shut_down(tx: WriteTx, task: opb.Task, reason: str) -> None:

@@ -3,8 +3,8 @@
 Edge-triggered intake, level-triggered passes: each loop reads its watch and decides from
 each event whether a pass is wanted; the pass itself re-reads the store. Policy:
 - A wanted pass runs once the watch has caught up with the commits already made, so a
-  burst of commits costs one pass, not one each; under a steady stream, at least every
-  LOOP_MAX_DEFER seconds.
+  burst of commits costs one pass, not one each (also the commits made during a pass and
+  its rest); under a steady stream, a pass after at most LOOP_MAX_DEFER seconds of reading.
 - After a pass the loop rests as long as the pass took (at most LOOP_MAX_REST), reading
   nothing meanwhile: a loop whose passes grow with the cluster keeps at most about half of
   the event loop, and heartbeats, status reports and the other loops keep theirs. At small
@@ -38,5 +38,8 @@ async def run_passes(watch: Watch, wants_pass: Callable[[Event], bool],
         wanted = False
         started = time.monotonic()
         await run_pass()
+        await asyncio.sleep(min(time.monotonic() - started, LOOP_MAX_REST))
+        # The defer window counts from here: what was committed during the pass and the
+        # rest is one backlog, read before the next pass (counted from before the rest,
+        # the next commit's marker started a pass at once: a pass per backlogged commit).
         last = time.monotonic()
-        await asyncio.sleep(min(last - started, LOOP_MAX_REST))

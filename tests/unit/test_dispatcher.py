@@ -289,3 +289,41 @@ def test_a_sent_state_is_not_kept_by_grpcs_stream_either() -> None:
         await server.stop(None)
 
     run(body())
+
+
+def test_a_node_that_reopens_its_session_unchanged_is_not_rewritten() -> None:
+    """A session that reopens (a node's stream broke, the node is the same) writes nothing:
+    every node write wakes the orchestrator, the scheduler, the allocator and the network
+    pushes, and at a thousand nodes reopening sessions were a steady stream of them."""
+    async def body() -> None:
+        store, d = await _setup()
+        desc = opb.NodeDescription(hostname="one")
+        request = cpb.SessionRequest(node_id="n1", description=desc, addr="10.0.0.1")
+        stream = d.session(request)
+        await anext(stream)
+        version = store.view().get("node", "n1").meta.version
+        await stream.aclose()
+
+        again = d.session(request)
+        await anext(again)
+        assert store.view().get("node", "n1").meta.version == version
+        await again.aclose()
+
+        # A node that comes back different (new address, after being down) is written.
+        await store.update(lambda tx: tx.update(_down(tx.get("node", "n1"))))
+        moved = d.session(cpb.SessionRequest(node_id="n1", description=desc, addr="10.0.0.2"))
+        await anext(moved)
+        node = store.view().get("node", "n1")
+        assert node.status.state == opb.NODE_STATE_READY and node.status.addr == "10.0.0.2"
+        await moved.aclose()
+        await d.stop()
+
+    run(body())
+
+
+def _down(node: opb.Node) -> opb.Node:
+    out = opb.Node()
+    out.CopyFrom(node)
+    out.status.state = opb.NODE_STATE_DOWN
+    out.status.message = "heartbeat failure"
+    return out

@@ -10,16 +10,27 @@ these states, this fails.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+from collections.abc import Callable
 
 import pytest
 
-from pyswarm.manager.loops.orchestrator import _may_change_reconcile
+from pyswarm.manager.loops.orchestrator import Orchestrator, _may_change_reconcile
 from pyswarm.manager.orchestrator.reconcile import reconcile
 from pyswarm.manager.scheduler.timestamps import format_time
-from pyswarm.manager.store import Event
-from pyswarm.proto.objects_pb2 import Service, Task
-from tests.unit.cluster_builders import NOW, S, make_node, make_service, make_task, nodes_map
+from pyswarm.manager.store import Event, MemoryBackend, Store
+from pyswarm.proto.objects_pb2 import Node, NodeRole, Service, Task
+from tests.unit.cluster_builders import (
+    AVAIL,
+    NOW,
+    STATE,
+    S,
+    make_node,
+    make_service,
+    make_task,
+    nodes_map,
+)
 
 NODES = nodes_map(make_node("n1"), make_node("n2"), make_node("n3", state="down"))
 ON_THE_WAY = [S.TASK_STATE_NEW, S.TASK_STATE_PENDING, S.TASK_STATE_ASSIGNED,
@@ -100,3 +111,102 @@ def test_new_deleted_moved_or_respecified_tasks_always_reconcile() -> None:
         setattr(other, change, {"node_id": "n2", "desired_state": S.TASK_STATE_SHUTDOWN,
                                 "spec_version": 7}[change])
         assert _may_change_reconcile(Event("update", "task", other, task)), change
+
+
+# ---- node events ---------------------------------------------------------------------------
+
+
+def _node_changes() -> dict[str, Callable[[Node], None]]:
+    """Ways a node can change, each applied to a copy of a ready, active node."""
+
+    def state(value: str) -> Callable[[Node], None]:
+        return lambda n: setattr(n.status, "state", STATE[value])
+
+    def availability(value: str) -> Callable[[Node], None]:
+        return lambda n: setattr(n.spec, "availability", AVAIL[value])
+
+    return {
+        "down": state("down"), "unknown": state("unknown"),
+        "disconnected": state("disconnected"),
+        "drain": availability("drain"), "pause": availability("pause"),
+        "label": lambda n: n.spec.labels.update({"zone": "b"}),
+        "hostname": lambda n: setattr(n.description, "hostname", "elsewhere"),
+        "promoted": lambda n: setattr(n, "role", NodeRole.NODE_ROLE_MANAGER),
+        # What reconcile() never reads: a status message, an address, the overlay
+        # attachments the allocator writes, the store's own stamps.
+        "message": lambda n: setattr(n.status, "message", "heartbeat failure"),
+        "addr": lambda n: setattr(n.status, "addr", "10.0.0.9"),
+        "attachment": lambda n: n.attachments.add(network_id="ov", addresses=["10.1.0.3/24"]),
+        "stamps": lambda n: (setattr(n.meta, "version", 9),
+                             setattr(n.meta, "updated_at", "2026-01-01T00:00:00.000Z")),
+    }
+
+
+IGNORED = {"message", "addr", "attachment", "stamps"}
+
+
+def _cluster() -> tuple[dict[str, Node], list[Service], list[Task]]:
+    nodes = nodes_map(make_node("n1", labels={"zone": "a"}), make_node("n2"),
+                      make_node("n3", state="down"))
+    on_n1 = make_service("on-n1", replicas=2)
+    elsewhere = make_service("elsewhere", replicas=2)
+    pending = make_service("pending", replicas=1)
+    everywhere = make_service("everywhere", mode="global", replicas=None,
+                              constraints=["node.labels.zone==a"])
+    tasks = [
+        make_task("a1", on_n1, slot=1, node="n1"),
+        make_task("a2", on_n1, slot=2, node="n2", state=S.TASK_STATE_STARTING),
+        make_task("b1", elsewhere, slot=1, node="n2"),
+        make_task("b2", elsewhere, slot=2, node="n3", state=S.TASK_STATE_FAILED,
+                  desired=S.TASK_STATE_SHUTDOWN),
+        make_task("p1", pending, slot=1, node="", state=S.TASK_STATE_PENDING),
+        make_task("g1", everywhere, slot=0, node="n1"),
+    ]
+    return nodes, [on_n1, elsewhere, pending, everywhere], tasks
+
+
+def _marked(event: Event, services: list[Service], tasks: list[Task],
+            nodes: list[Node]) -> tuple[bool, set[str]]:
+    async def body() -> tuple[bool, set[str]]:
+        store = await Store.open(MemoryBackend())
+        await store.update(lambda tx: [tx.create(o) for o in (*nodes, *services, *tasks)])
+        orchestrator = Orchestrator(store)
+        wanted = orchestrator._mark(event)
+        return wanted, set(orchestrator._dirty)
+
+    return asyncio.run(body())
+
+
+@pytest.mark.parametrize("change", list(_node_changes()))
+@pytest.mark.parametrize("node_id", ["n1", "n2", "n3"])
+def test_a_node_event_marks_every_service_whose_decisions_it_can_change(
+        change: str, node_id: str) -> None:
+    """Checked against reconcile() itself: a service left unmarked decides the same with
+    the node as it was and as it is now; a change reconcile() never reads marks nothing."""
+    nodes, services, tasks = _cluster()
+    new = Node()
+    new.CopyFrom(nodes[node_id])
+    _node_changes()[change](new)
+    after = {**nodes, node_id: new}
+    wanted, dirty = _marked(Event("update", "node", new, nodes[node_id]), services, tasks,
+                            list(nodes.values()))
+    for service in services:
+        mine = [t for t in tasks if t.service_id == service.id]
+        if reconcile(service, mine, nodes, NOW) != reconcile(service, mine, after, NOW):
+            assert service.id in dirty, (change, node_id, service.id)
+    if change in IGNORED:
+        assert not wanted and not dirty
+    # Replicated services with no task on the node are never its business.
+    on_node = {t.service_id for t in tasks if t.node_id == node_id}
+    assert dirty <= on_node | {"everywhere"}
+
+
+def test_a_new_or_removed_node_marks_the_global_services_and_its_tasks_services() -> None:
+    nodes, services, tasks = _cluster()
+    fresh = make_node("n4", labels={"zone": "a"})
+    wanted, dirty = _marked(Event("create", "node", fresh, None), services, tasks,
+                            list(nodes.values()))
+    assert wanted and dirty == {"everywhere"}
+    wanted, dirty = _marked(Event("delete", "node", nodes["n1"], nodes["n1"]), services,
+                            tasks, list(nodes.values()))
+    assert wanted and dirty == {"on-n1", "everywhere"}
