@@ -9,11 +9,15 @@ containers). Then, through the CLI as a user does:
 
     deploy     a stack of services totalling T replicas on two overlay networks, each
                service with a VIP (`pyswarm deploy --detach`), timed until the manager counts every
-               task RUNNING; the scheduler's own placements per second of its busy time
-               (manager counters from `Control.Info`) and end to end (deploy → every task
-               assigned on the simulated nodes)
+               task RUNNING, then until every node has its network states (the manager
+               has handed out no NetworkState byte for 2 s); the scheduler's own
+               placements per second of its busy time (manager counters from
+               `Control.Info`) and end to end (deploy → every task assigned on the
+               simulated nodes)
     rest       the manager daemon's CPU (cores, from /proc) over --rest seconds with every
-               node heartbeating, its memory now and at its peak (VmRSS, VmHWM)
+               node heartbeating, its memory now and at its peak (VmRSS, VmHWM), and what
+               it did meanwhile (`..._rest_<counter>`: commits, passes, sessions, bytes;
+               all near zero at rest)
     failure    10% of the nodes die at once (connections dropped, no more heartbeats): time
                until the manager marks them DOWN, until all their tasks are assigned to
                surviving nodes, and until they all run again
@@ -183,6 +187,27 @@ class Profiler:
 # ---- one run ------------------------------------------------------------------------------
 
 
+QUIET_S = 2.0  # seconds without a NetworkState byte sent: the deploy's states are delivered
+
+
+async def states_delivered(control: Any, started: float, timeout: float) -> float:
+    """Seconds from `started` until the manager has sent no NetworkState bytes for
+    QUIET_S (the time of the last byte seen); RuntimeError past `timeout`."""
+    from pyswarm.proto import cluster_pb2 as cpb
+
+    last_bytes, last_change = -1.0, time.monotonic()
+    while True:
+        sent = dict((await control.Info(cpb.InfoRequest())).metrics).get("netpush_bytes", 0.0)
+        now = time.monotonic()
+        if sent != last_bytes:
+            last_bytes, last_change = sent, now
+        elif now - last_change >= QUIET_S:
+            return last_change - started
+        if now - started > timeout:
+            raise RuntimeError(f"network states still flowing after {timeout:g} s")
+        await asyncio.sleep(0.25)
+
+
 async def poll(check: Callable[[], Any], timeout: float, every: float = 0.02) -> float:
     """Seconds until check() is true (polled); TimeoutError past `timeout`."""
     start = time.monotonic()
@@ -277,6 +302,9 @@ async def run_one(store: str, nodes: int, tasks: int, args: argparse.Namespace,
             # Each answer counts every task: poll gently, and more so once it takes long.
             await asyncio.sleep(0.2 if now - started < 5 else 1.0)
         running_s = time.monotonic() - started
+        # The deploy is over once the nodes also have its network states (service
+        # discovery): the bytes the manager sends stop growing.
+        quiet_s = await states_delivered(control, started, args.timeout)
         profiler.stop()
         after = dict((await control.Info(cpb.InfoRequest())).metrics)
         placed = after.get("scheduler_placed", 0) - before.get("scheduler_placed", 0)
@@ -284,6 +312,7 @@ async def run_one(store: str, nodes: int, tasks: int, args: argparse.Namespace,
         out[f"{label}_tasks"] = tasks
         out[f"{label}_all_assigned_s"] = round(assigned_s, 3)
         out[f"{label}_all_running_s"] = round(running_s, 3)
+        out[f"{label}_states_delivered_s"] = round(quiet_s, 3)
         out[f"{label}_placements_per_s_end_to_end"] = round(tasks / assigned_s, 1)
         if busy > 0:
             rate = placed / busy
