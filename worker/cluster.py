@@ -51,6 +51,9 @@ from pyswarm.worker.network.lb import ServiceLB
 from pyswarm.worker.network.overlay_sync import OverlaySync
 
 RENEW_CHECK = 3600.0  # seconds between checks whether the node certificate is due
+# `init` returns once this node is in the store (`node ls` shows it), waiting at most this
+# long: on etcd the election comes first. Past it, init still succeeds.
+REGISTER_WAIT = 15.0
 NO_ADVERTISE = ("could not find this system's IP address (it has no default route): "
                 "specify one with --advertise-addr")
 
@@ -190,6 +193,7 @@ class ClusterHost:
             self._start_agent(identity.node_id, self._manager_node_channel, advertise,
                               self._manager_remotes())
             self._renewals = asyncio.create_task(self._renew_loop(), name="certificate renewal")
+            await _registered(manager, identity.node_id, REGISTER_WAIT)
             return cpb.InitResponse(node_id=identity.node_id, cluster_id=identity.cluster_id)
 
     async def _serve_as_manager(self, listen: tuple[str, int], endpoint: ManagerEndpoint,
@@ -479,3 +483,21 @@ def _ensure_cluster(tx: WriteTx, cluster_id: str) -> None:
 def _reachable(host: str) -> str:
     """An address this machine reaches its own listener at ("0.0.0.0" is not one)."""
     return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+async def _registered(manager: Manager, node_id: str, timeout: float) -> bool:
+    """Whether the node is in the manager's store within `timeout` seconds (its agent's
+    first session registers it). As `docker swarm init`: a `node ls` or `node update`
+    right after `init` finds this node (on etcd it did not, while the election ran)."""
+    store = manager.store
+    watch = store.watch({"node"})
+    try:
+        async with asyncio.timeout(timeout):
+            while store.view().get("node", node_id) is None:
+                await anext(watch)
+        return True
+    except (TimeoutError, StopAsyncIteration):
+        return False
+    finally:
+        watch.close()
+

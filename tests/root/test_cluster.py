@@ -297,6 +297,10 @@ def test_etcd_store(etcd_server: Any, tmp_path_factory: pytest.TempPathFactory, 
         d.start()
         build_base_image(d)
         d.cli("init", "--store", f"etcd://{etcd_server.endpoint}/cluster-test/", *init_args())
+        # init returns with this node in the store, as `docker swarm init` does (on etcd the
+        # election comes first, and a `node ls` right after init found no node)
+        nodes = d.json_lines("node", "ls", "--format", "json")
+        assert [(n["status"], n["manager_status"]) for n in nodes] == [("ready", "leader")]
         stack = write_stack(tmp_path / "etcd", SLEEPER.format(replicas=2))
         d.cli("deploy", "-c", str(stack), "--name", "et", "--timeout", "60")
         ids = {t["id"] for t in tasks(d, "et_app")}
