@@ -120,3 +120,31 @@ def test_leader_election_hands_over_when_the_leader_resigns(etcd_server: EtcdSer
         await two.close()
 
     run(body())
+
+
+@pytest.mark.parametrize("code, details", [
+    ("UNKNOWN", "raft proposal dropped"),  # etcd's leader changed under the proposal
+    ("UNAVAILABLE", "etcdserver: leader changed"),
+    ("DEADLINE_EXCEEDED", "Deadline Exceeded"),
+])
+def test_a_commit_etcd_dropped_in_a_leader_change_is_reported_safe_to_retry(
+        code: str, details: str) -> None:
+    """A commit that etcd drops while its raft leader changes was not applied: the caller
+    hears StoreUnavailable ("retrying it is safe", which the CLI and the loops act on), not
+    an unexpected error. (HA lab test: a `service scale` during a failover got etcd's
+    "raft proposal dropped" as an internal error.)"""
+    import grpc
+
+    from pyswarm.manager.store.backends.base import Op
+    from pyswarm.manager.store.backends.etcd import EtcdBackend
+    from pyswarm.manager.store.errors import StoreUnavailable
+
+    class Dropping:
+        async def call(self, fn):  # type: ignore[no-untyped-def]
+            raise grpc.aio.AioRpcError(getattr(grpc.StatusCode, code), grpc.aio.Metadata(),
+                                       grpc.aio.Metadata(), details=details)
+
+    backend = EtcdBackend(["127.0.0.1:1"], prefix="/t/")
+    backend.members = Dropping()  # type: ignore[assignment]
+    with pytest.raises(StoreUnavailable, match="retrying it is safe"):
+        asyncio.run(backend.commit([Op("task", "t1", b"x", 0)]))

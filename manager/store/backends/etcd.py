@@ -129,8 +129,7 @@ class EtcdBackend:
             reply = await self.members.call(kv("Txn", rpc.TxnRequest(
                 compare=compare, success=success, failure=failure), RPC_TIMEOUT))
         except grpc.aio.AioRpcError as error:
-            if error.code() not in (grpc.StatusCode.UNAVAILABLE,
-                                    grpc.StatusCode.DEADLINE_EXCEEDED):
+            if not _transient(error):
                 raise
             raise StoreUnavailable(
                 f"the cluster store (etcd) did not answer: {error.details()}; the write may "
@@ -264,3 +263,18 @@ class EtcdBackend:
         if self._watch_call is not None:
             self._watch_call.cancel()
         await self.members.close()
+
+
+# etcd's answers (besides UNAVAILABLE and DEADLINE_EXCEEDED) to a proposal its raft leader
+# dropped while changing (rpctypes.ErrProposalDropped comes as UNKNOWN): not applied, and
+# safe to retry.
+_DROPPED = frozenset({"raft proposal dropped", "etcdserver: request timed out, possibly due "
+                      "to previous leader failure", "etcdserver: leader changed"})
+
+
+def _transient(error: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed call may succeed if made again (the member, or etcd's leader, was
+    changing): reported as StoreUnavailable, which says that retrying is safe."""
+    return (error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            or (error.details() or "") in _DROPPED)
+
