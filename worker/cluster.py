@@ -500,4 +500,3 @@ async def _registered(manager: Manager, node_id: str, timeout: float) -> bool:
         return False
     finally:
         watch.close()
-

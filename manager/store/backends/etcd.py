@@ -277,4 +277,3 @@ def _transient(error: grpc.aio.AioRpcError) -> bool:
     changing): reported as StoreUnavailable, which says that retrying is safe."""
     return (error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
             or (error.details() or "") in _DROPPED)
-
