@@ -485,9 +485,9 @@ def _reachable(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
-async def _registered(manager: Manager, node_id: str, timeout: float) -> bool:
-    """Whether the node is in the manager's store within `timeout` seconds (its agent's
-    first session registers it). As `docker swarm init`: a `node ls` or `node update`
+async def _registered(manager: Manager, node_id: str, timeout: float) -> None:
+    """Return once the node is in the manager's store (its agent's first session registers
+    it), or after `timeout` seconds. As `docker swarm init`: a `node ls` or `node update`
     right after `init` finds this node (on etcd it did not, while the election ran)."""
     store = manager.store
     watch = store.watch({"node"})
@@ -495,8 +495,7 @@ async def _registered(manager: Manager, node_id: str, timeout: float) -> bool:
         async with asyncio.timeout(timeout):
             while store.view().get("node", node_id) is None:
                 await anext(watch)
-        return True
     except (TimeoutError, StopAsyncIteration):
-        return False
+        pass
     finally:
         watch.close()
