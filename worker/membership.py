@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 
-from pyswarm.common import pki
+from pyswarm.common import pki, rpc
 from pyswarm.common.errors import FailedPrecondition, InvalidArgument
 from pyswarm.proto import ca_pb2, ca_pb2_grpc
 
@@ -38,7 +38,7 @@ CONNECT_TIMEOUT = 10.0  # seconds to reach a manager during a join
 RPC_TIMEOUT = 20.0
 # A session's whole NetworkState or COMPLETE assignments can pass gRPC's 4 MiB default in
 # a large cluster (a thousand tasks on one node, ten thousand in its services).
-SESSION_OPTIONS = [("grpc.max_receive_message_length", 256 << 20)]
+SESSION_OPTIONS = [("grpc.max_receive_message_length", 256 << 20), *rpc.FLOW_OPTIONS]
 # Renew once a third of a certificate's life is left (30 of 90 days): plenty of retries
 # before it expires, even for a node that is off for a few weeks.
 RENEW_BEFORE = pki.NODE_VALIDITY / 3

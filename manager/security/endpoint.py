@@ -34,7 +34,7 @@ from pathlib import Path
 
 import grpc
 
-from pyswarm.common import pki
+from pyswarm.common import pki, rpc
 from pyswarm.manager.security.guard import AuthInterceptor
 
 DEFAULT_PORT = 2377
@@ -114,7 +114,7 @@ class TLSEndpoint:
 
     async def start(self) -> None:
         """Bind and serve; OSError (e.g. the address is in use) leaves nothing running."""
-        server = grpc.aio.server(interceptors=[self._interceptor])
+        server = grpc.aio.server(interceptors=[self._interceptor], options=rpc.FLOW_OPTIONS)
         self._add_servicers(server)
         for sock in (self.node_sock, self.join_sock):
             sock.unlink(missing_ok=True)
