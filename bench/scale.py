@@ -9,8 +9,8 @@ containers). Then, through the CLI as a user does:
 
     deploy     a stack of services totalling T replicas on two overlay networks, each
                service with a VIP (`pyswarm deploy --detach`), timed until the manager counts every
-               task RUNNING, then until every node has its network states (the manager
-               has handed out no NetworkState byte for 2 s); the scheduler's own
+               task RUNNING, then until every node has its network states (no session
+               of the manager behind on its NetworkState for 2 s); the scheduler's own
                placements per second of its busy time (manager counters from
                `Control.Info`) and end to end (deploy → every task assigned on the
                simulated nodes)
@@ -187,22 +187,27 @@ class Profiler:
 # ---- one run ------------------------------------------------------------------------------
 
 
-QUIET_S = 2.0  # seconds without a NetworkState byte sent: the deploy's states are delivered
+QUIET_S = 2.0  # seconds with no session behind: the deploy's states are delivered
 
 
 async def states_delivered(control: Any, started: float, timeout: float) -> float:
-    """Seconds from `started` until the manager has sent no NetworkState bytes for
-    QUIET_S (the time of the last byte seen); RuntimeError past `timeout`."""
+    """Seconds from `started` until every session has its node's newest NetworkState on
+    its way out of the manager (no store change waiting for a round, no session told and
+    not yet sent; netpush.py's gauges), seen in two polls QUIET_S apart; RuntimeError past
+    `timeout`. (Watching the bytes sent for a quiet spell was fooled by a round paced a few
+    seconds later.)"""
     from pyswarm.proto import cluster_pb2 as cpb
 
-    last_bytes, last_change = -1.0, time.monotonic()
+    since: float | None = None
     while True:
-        sent = dict((await control.Info(cpb.InfoRequest())).metrics).get("netpush_bytes", 0.0)
+        metrics = dict((await control.Info(cpb.InfoRequest())).metrics)
         now = time.monotonic()
-        if sent != last_bytes:
-            last_bytes, last_change = sent, now
-        elif now - last_change >= QUIET_S:
-            return last_change - started
+        if metrics.get("netpush_sessions_behind", 0) or metrics.get("netpush_changes_waiting", 0):
+            since = None
+        elif since is None:
+            since = now
+        elif now - since >= QUIET_S:
+            return since - started
         if now - started > timeout:
             raise RuntimeError(f"network states still flowing after {timeout:g} s")
         await asyncio.sleep(0.25)
@@ -306,6 +311,10 @@ async def run_one(store: str, nodes: int, tasks: int, args: argparse.Namespace,
         # discovery): the bytes the manager sends stop growing.
         quiet_s = await states_delivered(control, started, args.timeout)
         profiler.stop()
+        log(f"{label}: network states delivered at {quiet_s:.0f} s; sessions opened "
+            f"{fleet.stats.sessions}, ended {dict(fleet.stats.ended) or 'none'}; the "
+            f"simulator's loop was late {fleet.stats.worst_loop_lag:.2f} s at worst")
+        out[f"{label}_deploy_sessions_reopened"] = fleet.stats.sessions - nodes
         after = dict((await control.Info(cpb.InfoRequest())).metrics)
         placed = after.get("scheduler_placed", 0) - before.get("scheduler_placed", 0)
         busy = after.get("scheduler_seconds", 0) - before.get("scheduler_seconds", 0)

@@ -25,16 +25,25 @@ Names (totals since the manager started, but for the peaks, marked so):
                                             failed at once (ManagerConfig.mass_failure_*)
     netpush_*                               NetworkState rounds, whole states and deltas
                                             sent, their bytes and time (netpush.py)
+    netpush_sessions_behind                 now: sessions told of a newer state that have
+                                            not pulled it yet, or are still sending it
+    netpush_changes_waiting                 now: 1 while store changes wait for a round
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 
 class Metrics:
     def __init__(self) -> None:
         self._values: defaultdict[str, float] = defaultdict(float)
+        self._gauges: dict[str, Callable[[], float]] = {}
+
+    def gauge(self, name: str, read: Callable[[], float]) -> None:
+        """A value read when a snapshot is taken (the newest `read` for a name wins)."""
+        self._gauges[name] = read
 
     def add(self, name: str, value: float = 1.0) -> None:
         self._values[name] += value
@@ -44,4 +53,6 @@ class Metrics:
             self._values[name] = value
 
     def snapshot(self) -> dict[str, float]:
-        return dict(self._values)
+        values = dict(self._values)
+        values.update((name, float(read())) for name, read in self._gauges.items())
+        return values

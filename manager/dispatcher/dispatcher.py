@@ -148,26 +148,32 @@ class Dispatcher:
             # commit reaches it through the router.
             update, _, session.sent = asg.diff({}, self._tasks_of(node_id))
             self.network.add(session.id, node_id, session.offer_network)
+            session.offer_network()  # the first NetworkState (whole), right after these
             yield cpb.SessionMessage(
                 session_id=session.id, heartbeat_period_ms=self.period_ms,
                 assignments=asg.message(cpb.Assignments.COMPLETE, update, []),
                 managers=self.managers())
-            state = self.network.pull(session.id)  # the first NetworkState, whole
-            if state is not None:
-                yield session_message(session.id, self.period_ms, state)
             # What was sent is not kept while the session waits: a whole state is megabytes
             # at 10,000 tasks, and every session held its last one (twice) until the next.
-            state = None
             while True:
                 item = await session.queue.get()
                 if item is None:
                     return
                 if item is True:
+                    # The state in its turn (netpush.py); until then the queue's other
+                    # messages go out, and the turn comes back through the queue.
+                    if not self.network.turn(session.id):
+                        continue
                     state = self.network.pull(session.id)
                     if state is None:
+                        self.network.sent(session.id)
                         continue  # nothing changed for this node
                     item = session_message(session.id, self.period_ms, state)
                     state = None
+                    yield item  # back here once gRPC has taken it
+                    item = None
+                    self.network.sent(session.id)
+                    continue
                 assert isinstance(item, cpb.SessionMessage | Serialized)
                 yield item
                 item = None

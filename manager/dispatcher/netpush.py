@@ -19,6 +19,9 @@ Policy:
 - A round's snapshot has every event up to its revision behind it: the watch is drained
   (which never waits while items are queued) right before the snapshot is taken.
 - Never an older state than sent: a session only moves forward through the rounds.
+- Turns: sessions pull while the states on their way (pulled, their stream not yet past
+  them) total under SENDING_BYTES; the others wait their turn in order (`turn`, `sent`),
+  and meanwhile their streams carry their other messages (assignments).
 - A state goes out as a SessionMessage with an empty INCREMENTAL `assignments`, so that an
   agent that applies `assignments` unconditionally sees "no change" rather than an empty
   COMPLETE set.
@@ -66,6 +69,13 @@ BACKLOG_WAIT = 1.0
 # in ten DOWN and never converged (bench/scale.py). Paced, the nodes learn of the new
 # endpoints later, in bigger deltas; the total is about the same.
 BYTES_PER_SECOND = 32 << 20
+# And at most this many bytes of states on their way at once (one state at least). gRPC
+# holds a stream's message until the connection has taken it, so a round that told every
+# node held every node's state in the manager: at 1,000 nodes and 10,000 tasks, 1.3 GB of
+# deltas waited behind slow connections (bench/scale.py's peak memory), and each of those
+# connections had its heartbeat answers queued behind a megabyte. In turns, the states
+# wait unbuilt; the manager sends as many bytes a second either way.
+SENDING_BYTES = 32 << 20
 KINDS = {"node", "service", "task", "network"}
 
 
@@ -79,10 +89,19 @@ class _Target:
 
 class NetworkPush:
     def __init__(self, store: Store, interval: float = INTERVAL,
-                 bytes_per_second: float = BYTES_PER_SECOND) -> None:
+                 bytes_per_second: float = BYTES_PER_SECOND,
+                 sending_bytes: int = SENDING_BYTES) -> None:
         self.store = store
         self.interval = interval
         self.bytes_per_second = bytes_per_second
+        self.sending_bytes = sending_bytes
+        # Sessions whose turn it is -> the bytes they count for: what they pulled, or until
+        # they pull, the size of the last state pulled (a turn given is a state coming; a
+        # 64th of the budget at least, so that turns given after small states are few).
+        self._sending: dict[str, int] = {}
+        self._in_flight = 0  # sum of _sending
+        self._last_size = 0
+        self._turns: dict[str, None] = {}  # sessions waiting for a turn, oldest first
         self.model = NetworkModel()
         self._targets: dict[str, _Target] = {}
         self._dirty = Dirty()
@@ -92,6 +111,9 @@ class NetworkPush:
         self._caught_up = asyncio.Event()  # set when few are
         self._drained_at = 0.0  # loop time when what was pulled so far has drained
         self.rounds = 0
+        store.metrics.gauge("netpush_sessions_behind", lambda: sum(
+            1 for key, t in self._targets.items() if t.pending or key in self._sending))
+        store.metrics.gauge("netpush_changes_waiting", lambda: bool(self._dirty))
 
     def add(self, key: str, node_id: str, notify: Callable[[], None]) -> None:
         """Follow a session. It pulls its first state (whole) when ready to send it; from
@@ -104,6 +126,37 @@ class NetworkPush:
         target = self._targets.pop(key, None)
         if target is not None and target.pending:
             self._pulled()
+        self._turns.pop(key, None)
+        self.sent(key)
+
+    def turn(self, key: str) -> bool:
+        """Whether the session may pull now. If not, it waits its turn, and its `notify()`
+        is called when the turn comes; call `sent()` once its stream is past what it
+        pulled (gRPC took it), or nothing changed for it."""
+        if key in self._sending:
+            return True
+        if self._sending and self._in_flight >= self.sending_bytes:
+            self._turns[key] = None
+            return False
+        self._turns.pop(key, None)
+        self._give_turn(key)
+        return True
+
+    def _give_turn(self, key: str) -> None:
+        counted = max(self._last_size, self.sending_bytes // 64)
+        self._sending[key] = counted
+        self._in_flight += counted
+
+    def sent(self, key: str) -> None:
+        """The session's turn is over; the next ones waiting get theirs."""
+        self._in_flight -= self._sending.pop(key, 0)
+        while self._turns and (not self._sending or self._in_flight < self.sending_bytes):
+            waiting = next(iter(self._turns))
+            del self._turns[waiting]
+            target = self._targets.get(waiting)
+            if target is not None:
+                self._give_turn(waiting)
+                target.notify()
 
     def pull(self, key: str) -> bytes | None:
         """The session's NetworkState since what it last pulled, serialized (whole the first
@@ -118,6 +171,9 @@ class NetworkPush:
         wholes = self.model.whole_states
         data, target.had = self.model.state_for(target.node_id, target.had)
         if data is not None:
+            if key in self._sending:
+                self._in_flight += len(data) - self._sending[key]
+                self._sending[key] = self._last_size = len(data)
             metrics = self.store.metrics
             metrics.add("netpush_whole_states" if self.model.whole_states > wholes
                         else "netpush_deltas")
