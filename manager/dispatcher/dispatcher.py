@@ -59,6 +59,14 @@ class _Session:
     # What the node was last sent: task id -> fingerprint (assignments.diff).
     sent: dict[str, tuple[int, int]] = field(default_factory=dict)
 
+    def end(self, network: NetworkPush) -> None:
+        """End the session: its stream returns when it next reads its queue, and any turn
+        it holds for a NetworkState is given up now. A stream stuck writing to a node that
+        is gone (no FIN: a partition, a machine off) does not read its queue for as long
+        as TCP keeps retrying, and with its turn it would hold up every other node's."""
+        self.queue.put_nowait(None)
+        network.remove(self.id)
+
     def offer_network(self) -> None:
         """NetworkPush's notice that the node's NetworkState may have changed: `True` in
         the queue stands for "pull it when the stream gets there" (NetworkPush queues one
@@ -123,7 +131,7 @@ class Dispatcher:
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop
         for session in list(self._sessions.values()):
-            session.queue.put_nowait(None)
+            session.end(self.network)
 
     # ---- sessions ------------------------------------------------------------------------
 
@@ -140,7 +148,7 @@ class Dispatcher:
         session = _Session(secrets.token_hex(8), node_id)
         old = self._sessions.get(node_id)
         if old is not None:
-            old.queue.put_nowait(None)  # a node has one session: the newest wins
+            old.end(self.network)  # a node has one session: the newest wins
         self._sessions[node_id] = session
         self._last_beat[node_id] = time.monotonic()
         try:
@@ -309,7 +317,7 @@ class Dispatcher:
                 del self._last_beat[node_id]
                 session = self._sessions.pop(node_id, None)
                 if session is not None:
-                    session.queue.put_nowait(None)
+                    session.end(self.network)
             # (batch: more nodes than one etcd transaction holds may go down at once)
             try:
                 await self.store.batch(lambda tx, dead=dead: _mark_down(tx, dead),

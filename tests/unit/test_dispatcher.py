@@ -424,3 +424,41 @@ def test_turns_given_at_once_count_the_states_still_to_come() -> None:
         await c.stop()
 
     run(body())
+
+
+def test_a_node_marked_down_gives_up_its_turn_even_while_its_stream_is_stuck() -> None:
+    """A node that vanished without closing its connection leaves its stream stuck in a
+    write (gRPC never takes the state) for as long as TCP retries. Marked DOWN, its turn
+    goes to the next session at once, or every other node would wait that long."""
+    async def body() -> None:
+        c = await Cluster.start(nodes=3)
+        await c.deploy([service_spec("web", replicas=3, ports=((80, 8080, INGRESS),))])
+        await c.placed("s_web", 3)
+        cfg = ManagerConfig(heartbeat_period=0.5, heartbeat_misses=3, reconnect_grace=1.5)
+        d = Dispatcher(c.store, cfg, {"n1"})
+        d.network.sending_bytes = 1  # one state at a time
+        await d.start()
+        gone = d.session(cpb.SessionRequest(node_id="n1", addr="198.18.0.1"))
+        await anext(gone)
+        assert (await next_message(gone)).HasField("network")  # its turn; never read on
+        alive = d.session(cpb.SessionRequest(node_id="n2", addr="198.18.0.2"))
+        session_id = (await anext(alive)).session_id
+
+        async def beat() -> None:
+            while True:
+                d.heartbeat(cpb.HeartbeatRequest(node_id="n2", session_id=session_id))
+                await asyncio.sleep(0.05)
+
+        beating = asyncio.create_task(beat())
+        waiting = asyncio.ensure_future(next_message(alive))
+        await asyncio.sleep(0.2)
+        assert not waiting.done(), "expected n2 to wait for n1's turn"
+        assert (await asyncio.wait_for(waiting, 5)).HasField("network")
+        assert c.store.view().get("node", "n1").status.state == opb.NODE_STATE_DOWN
+        beating.cancel()
+        for stream in (gone, alive):
+            await stream.aclose()
+        await d.stop()
+        await c.stop()
+
+    run(body())
