@@ -167,7 +167,8 @@ class Dispatcher:
                 item = await session.queue.get()
                 if item is None:
                     return
-                if item is True:
+                turn = item is True
+                if turn:
                     # The state in its turn (netpush.py); until then the queue's other
                     # messages go out, and the turn comes back through the queue.
                     if not self.network.turn(session.id):
@@ -178,13 +179,11 @@ class Dispatcher:
                         continue  # nothing changed for this node
                     item = session_message(session.id, self.period_ms, state)
                     state = None
-                    yield item  # back here once gRPC has taken it
-                    item = None
-                    self.network.sent(session.id)
-                    continue
                 assert isinstance(item, cpb.SessionMessage | Serialized)
-                yield item
+                yield item  # back here once gRPC has taken it
                 item = None
+                if turn:
+                    self.network.sent(session.id)
         finally:
             self.network.remove(session.id)
             if self._sessions.get(node_id) is session:

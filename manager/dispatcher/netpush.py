@@ -99,7 +99,6 @@ class NetworkPush:
         # they pull, the size of the last state pulled (a turn given is a state coming; a
         # 64th of the budget at least, so that turns given after small states are few).
         self._sending: dict[str, int] = {}
-        self._in_flight = 0  # sum of _sending
         self._last_size = 0
         self._turns: dict[str, None] = {}  # sessions waiting for a turn, oldest first
         self.model = NetworkModel()
@@ -135,22 +134,24 @@ class NetworkPush:
         pulled (gRPC took it), or nothing changed for it."""
         if key in self._sending:
             return True
-        if self._sending and self._in_flight >= self.sending_bytes:
+        if not self._room():
             self._turns[key] = None
             return False
         self._turns.pop(key, None)
         self._give_turn(key)
         return True
 
+    def _room(self) -> bool:
+        """Whether another turn fits: none is on, or what is on its way is under budget."""
+        return not self._sending or sum(self._sending.values()) < self.sending_bytes
+
     def _give_turn(self, key: str) -> None:
-        counted = max(self._last_size, self.sending_bytes // 64)
-        self._sending[key] = counted
-        self._in_flight += counted
+        self._sending[key] = max(self._last_size, self.sending_bytes // 64)
 
     def sent(self, key: str) -> None:
         """The session's turn is over; the next ones waiting get theirs."""
-        self._in_flight -= self._sending.pop(key, 0)
-        while self._turns and (not self._sending or self._in_flight < self.sending_bytes):
+        self._sending.pop(key, None)
+        while self._turns and self._room():
             waiting = next(iter(self._turns))
             del self._turns[waiting]
             target = self._targets.get(waiting)
@@ -172,7 +173,6 @@ class NetworkPush:
         data, target.had = self.model.state_for(target.node_id, target.had)
         if data is not None:
             if key in self._sending:
-                self._in_flight += len(data) - self._sending[key]
                 self._sending[key] = self._last_size = len(data)
             metrics = self.store.metrics
             metrics.add("netpush_whole_states" if self.model.whole_states > wholes

@@ -168,11 +168,17 @@ async def next_network(stream: Any) -> cpb.SessionMessage:
             return message
 
 
+async def _web_cluster() -> Cluster:
+    """Three nodes with a service "web" of three tasks placed (spread over them)."""
+    c = await Cluster.start(nodes=3)
+    await c.deploy([service_spec("web", replicas=3, ports=((80, 8080, INGRESS),))])
+    await c.placed("s_web", 3)
+    return c
+
+
 def test_network_state_follows_the_complete_assignments_and_each_change() -> None:
     async def body() -> None:
-        c = await Cluster.start(nodes=3)
-        await c.deploy([service_spec("web", replicas=3, ports=((80, 8080, INGRESS),))])
-        await c.placed("s_web", 3)
+        c = await _web_cluster()
         d = Dispatcher(c.store, FAST, {"n1"})
         await d.start()
         stream = d.session(cpb.SessionRequest(node_id="n1", addr="198.18.0.1"))
@@ -238,9 +244,7 @@ def test_a_waiting_session_holds_no_state_it_has_sent() -> None:
         return found
 
     async def body() -> None:
-        c = await Cluster.start(nodes=3)
-        await c.deploy([service_spec("web", replicas=3, ports=((80, 8080, INGRESS),))])
-        await c.placed("s_web", 3)
+        c = await _web_cluster()
         # (no heartbeats are sent here: the deadline is far off)
         d = Dispatcher(c.store, ManagerConfig(heartbeat_period=5), {"n1"})
         await d.start()
@@ -346,9 +350,7 @@ def test_network_states_take_turns_and_a_waiting_sessions_assignments_go_out() -
         return pending
 
     async def body() -> None:
-        c = await Cluster.start(nodes=3)
-        await c.deploy([service_spec("web", replicas=3, ports=((80, 8080, INGRESS),))])
-        await c.placed("s_web", 3)
+        c = await _web_cluster()
         d = Dispatcher(c.store, ManagerConfig(heartbeat_period=5), {"n1"})
         d.network.sending_bytes = 1  # one state at a time
         await d.start()
@@ -431,9 +433,7 @@ def test_a_node_marked_down_gives_up_its_turn_even_while_its_stream_is_stuck() -
     write (gRPC never takes the state) for as long as TCP retries. Marked DOWN, its turn
     goes to the next session at once, or every other node would wait that long."""
     async def body() -> None:
-        c = await Cluster.start(nodes=3)
-        await c.deploy([service_spec("web", replicas=3, ports=((80, 8080, INGRESS),))])
-        await c.placed("s_web", 3)
+        c = await _web_cluster()
         cfg = ManagerConfig(heartbeat_period=0.5, heartbeat_misses=3, reconnect_grace=1.5)
         d = Dispatcher(c.store, cfg, {"n1"})
         d.network.sending_bytes = 1  # one state at a time
