@@ -295,9 +295,12 @@ class Dispatcher:
                 # The manager itself was stalled (a long pass, a slow disk, an overloaded
                 # loop): heartbeats that arrived meanwhile were not heard either. Nodes get
                 # that time back, or one stall marks every node DOWN at once and the
-                # cluster collapses under the re-placement it causes.
+                # cluster collapses under the re-placement it causes. A mass-failure hold
+                # gets the time back too: it is there for an overloaded manager.
                 for node_id in self._last_beat:
                     self._last_beat[node_id] += late
+                for node_id in self._held_since:
+                    self._held_since[node_id] += late
                 self.store.metrics.add("dispatcher_stall_seconds", late)
             # A heartbeat takes this manager `lag` to hear now (an overloaded manager):
             # nobody is DOWN for what is still in its own queues.
