@@ -146,5 +146,36 @@ def test_a_commit_etcd_dropped_in_a_leader_change_is_reported_safe_to_retry(
 
     backend = EtcdBackend(["127.0.0.1:1"], prefix="/t/")
     backend.members = Dropping()  # type: ignore[assignment]
+    backend.dropped_retry_s = 0.3  # a proposal dropped for longer than this is reported
     with pytest.raises(StoreUnavailable, match="retrying it is safe"):
         asyncio.run(backend.commit([Op("task", "t1", b"x", 0)]))
+
+
+def test_a_proposal_etcd_dropped_is_sent_again_and_the_write_lands() -> None:
+    """etcd drops a proposal (never appended to its log) while its raft leader changes.
+    The manager sends the same guarded transaction again until etcd has a leader, so a
+    user's `service scale` during an etcd election takes a moment longer instead of
+    failing. (HA lab test, CI: `service scale` right after a partition answered "raft
+    proposal dropped".)"""
+    import grpc
+
+    from pyswarm.manager.store.backends.base import Op
+    from pyswarm.manager.store.backends.etcd import EtcdBackend
+
+    sent: list[object] = []
+
+    class DropsTwice:
+        async def call(self, fn):  # type: ignore[no-untyped-def]
+            sent.append(fn)
+            if len(sent) <= 2:
+                raise grpc.aio.AioRpcError(grpc.StatusCode.UNKNOWN, grpc.aio.Metadata(),
+                                           grpc.aio.Metadata(), details="raft proposal dropped")
+            from aetcd import rpc
+            reply = rpc.TxnResponse(succeeded=True)
+            reply.header.revision = 42
+            return reply
+
+    backend = EtcdBackend(["127.0.0.1:1"], prefix="/t/")
+    backend.members = DropsTwice()  # type: ignore[assignment]
+    assert asyncio.run(backend.commit([Op("task", "t1", b"x", 0)])) == 42
+    assert len(sent) == 3 and sent[0] is sent[1] is sent[2], "the same guarded Txn each time"

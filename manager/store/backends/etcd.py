@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PREFIX = "/pyswarm/v1/"
 PAGE = 1000  # keys per Range page at load: well under gRPC's 4 MiB message limit
 RPC_TIMEOUT = 30.0  # a single unary call (a 10,000-key commit takes about a second)
+# How long a commit keeps sending a Txn that etcd dropped as a proposal (an etcd election
+# takes about a second) before the caller hears StoreUnavailable.
+DROPPED_RETRY_S = 5.0
 RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)  # the watch's backoff, then every 5 s
 
 
@@ -63,6 +66,7 @@ class EtcdBackend:
         self.max_ops: int | None = max_txn_ops
         self._prefix = prefix.encode()
         self.members = Members(endpoints)  # calls go to one member, the next on failure
+        self.dropped_retry_s = DROPPED_RETRY_S
         self._loaded = 0
         self._watch_call: grpc.aio.StreamStreamCall | None = None
 
@@ -125,15 +129,28 @@ class EtcdBackend:
             else:
                 success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=op.data)))
             failure.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=key, keys_only=True)))
-        try:
-            reply = await self.members.call(kv("Txn", rpc.TxnRequest(
-                compare=compare, success=success, failure=failure), RPC_TIMEOUT))
-        except grpc.aio.AioRpcError as error:
-            if not _transient(error):
-                raise
-            raise StoreUnavailable(
-                f"the cluster store (etcd) did not answer: {error.details()}; the write may "
-                f"or may not have been applied, and retrying it is safe") from None
+        txn = kv("Txn", rpc.TxnRequest(compare=compare, success=success, failure=failure),
+                 RPC_TIMEOUT)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.dropped_retry_s
+        delay = 0.05
+        while True:
+            try:
+                reply = await self.members.call(txn)
+                break
+            except grpc.aio.AioRpcError as error:
+                if not _transient(error):
+                    raise
+                if (error.details() == PROPOSAL_DROPPED
+                        and loop.time() + delay < give_up):
+                    # Never appended to etcd's log (its raft leader was changing): the
+                    # same Txn again, still guarded by its compares, once etcd has a leader.
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, 1.0)
+                    continue
+                raise StoreUnavailable(
+                    f"the cluster store (etcd) did not answer: {error.details()}; the write "
+                    f"may or may not have been applied, and retrying it is safe") from None
         if reply.succeeded:
             return int(reply.header.revision)
         reads = list(reply.responses)
@@ -268,7 +285,8 @@ class EtcdBackend:
 # etcd's answers (besides UNAVAILABLE and DEADLINE_EXCEEDED) to a proposal its raft leader
 # dropped while changing (rpctypes.ErrProposalDropped comes as UNKNOWN): not applied, and
 # safe to retry.
-_DROPPED = frozenset({"raft proposal dropped", "etcdserver: request timed out, possibly due "
+PROPOSAL_DROPPED = "raft proposal dropped"  # never appended to the log: sent again (commit)
+_DROPPED = frozenset({PROPOSAL_DROPPED, "etcdserver: request timed out, possibly due "
                       "to previous leader failure", "etcdserver: leader changed"})
 
 
