@@ -20,7 +20,9 @@ containers). Then, through the CLI as a user does:
                all near zero at rest)
     failure    10% of the nodes die at once (connections dropped, no more heartbeats): time
                until the manager marks them DOWN, until all their tasks are assigned to
-               surviving nodes, and until they all run again
+               surviving nodes, and until they all run again; `..._dead_down_extra_s` is
+               the extra wait before DOWN the manager had at that moment (it grows when
+               nodes it marked DOWN come straight back, as in an overloaded deploy)
 
 With --json the last line is one JSON object; keys are `<store>_<nodes>_<figure>`. The peer
 here is the issue's targets, stated as ratios (`..._ratio`, below 1 meets the target):
@@ -373,7 +375,13 @@ async def run_one(store: str, nodes: int, tasks: int, args: argparse.Namespace,
         victims = sorted(fleet.nodes, key=lambda n: -len(n.tasks))[:dead_count]
         lost = sum(len(n.running()) for n in victims)
         survivors = [n for n in fleet.nodes if n not in victims]
-        log(f"{label}: killing {dead_count} nodes holding {lost} tasks")
+        # The manager waits longer before DOWN for a while after nodes it marked DOWN came
+        # straight back (a deploy that overloaded it): detection is 3 periods plus this.
+        extra = dict((await control.Info(cpb.InfoRequest())).metrics).get(
+            "dispatcher_down_extra_seconds", 0.0)
+        out[f"{label}_dead_down_extra_s"] = round(extra, 2)
+        log(f"{label}: killing {dead_count} nodes holding {lost} tasks (the manager's extra "
+            f"wait before DOWN after false ones: {extra:g} s)")
         profiler.start("failure")
         started = time.monotonic()
         await asyncio.gather(*(n.die() for n in victims))

@@ -100,6 +100,8 @@ class Dispatcher:
                                    asyncio.Future[list[str]]]] = []
         self._status_writer: asyncio.Task[None] | None = None
         self.network = NetworkPush(store)
+        store.metrics.gauge("dispatcher_down_extra_seconds",
+                            lambda: self._current_extra(time.monotonic()))
         # Measures heartbeats' delay inside this manager (probe.py): nodes get that much
         # more time before they are DOWN. Started and stopped by the manager.
         self.probe: IngressProbe | None = None
