@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 from pyswarm.manager.config import ManagerConfig
@@ -151,7 +152,7 @@ async def _ten_sessions(cfg: ManagerConfig) -> tuple[Store, Dispatcher, Beat]:
         beats.append(cpb.HeartbeatRequest(node_id=f"n{n}", session_id=first.session_id))
 
     async def beat(beating: range, until: Callable[[], bool], limit: float) -> None:
-        assert streams
+        assert streams  # (beat refers to them: they live as long as it does)
         deadline = time.monotonic() + limit
         while not until():
             assert time.monotonic() < deadline, "the condition never held"
@@ -163,6 +164,10 @@ async def _ten_sessions(cfg: ManagerConfig) -> tuple[Store, Dispatcher, Beat]:
     return store, d, beat
 
 
+# Most of ten nodes (and at least 3) failing at once are held for a second.
+HOLD = replace(FAST, mass_failure_min=3, mass_failure_hold=1.0)
+
+
 def _states(store: Store, nodes: range) -> list[int]:
     return [store.view().get("node", f"n{n}").status.state for n in nodes]
 
@@ -172,11 +177,8 @@ def _holds(store: Store) -> int:
 
 
 def test_most_nodes_failing_at_once_are_held_and_those_heard_again_stay() -> None:
-    from dataclasses import replace
-
     async def body() -> None:
-        cfg = replace(FAST, mass_failure_min=3, mass_failure_hold=1.0)
-        store, d, beat = await _ten_sessions(cfg)
+        store, d, beat = await _ten_sessions(HOLD)
         # Two of ten stop: a real failure, marked down as usual.
         await beat(range(2, 10), lambda: _states(store, range(2)) == [DOWN] * 2, 5)
         assert _holds(store) == 0
@@ -194,15 +196,12 @@ def test_most_nodes_failing_at_once_are_held_and_those_heard_again_stay() -> Non
 
 
 def test_most_nodes_failing_at_once_are_marked_down_when_the_hold_ends() -> None:
-    from dataclasses import replace
-
     async def body() -> None:
-        cfg = replace(FAST, mass_failure_min=3, mass_failure_hold=1.0)
-        store, d, beat = await _ten_sessions(cfg)
+        store, d, beat = await _ten_sessions(HOLD)
         await beat(range(8, 10), lambda: _holds(store) > 0, 5)
         held = time.monotonic()
         await beat(range(8, 10), lambda: DOWN in _states(store, range(8)), 5)
-        assert time.monotonic() - held > cfg.mass_failure_hold - cfg.heartbeat_period, \
+        assert time.monotonic() - held > HOLD.mass_failure_hold - HOLD.heartbeat_period, \
             "held for mass_failure_hold"
         await beat(range(8, 10), lambda: _states(store, range(8)) == [DOWN] * 8, 1)
         assert _states(store, range(8, 10)) == [READY] * 2
@@ -215,13 +214,10 @@ def test_a_stall_during_a_mass_failure_hold_does_not_use_the_hold_up() -> None:
     """The hold is for an overloaded manager: time the manager spent stalled (its loop
     blocked) counts for neither the nodes' heartbeats nor the hold, or one long stall
     ends the hold and marks most of the cluster DOWN at once."""
-    from dataclasses import replace
-
     async def body() -> None:
-        cfg = replace(FAST, mass_failure_min=3, mass_failure_hold=1.0)
-        store, d, beat = await _ten_sessions(cfg)
+        store, d, beat = await _ten_sessions(HOLD)
         await beat(range(8, 10), lambda: _holds(store) > 0, 5)
-        time.sleep(cfg.mass_failure_hold + 0.2)  # the whole loop blocked, past the hold
+        time.sleep(HOLD.mass_failure_hold + 0.2)  # the whole loop blocked, past the hold
         stalled = time.monotonic()
         await beat(range(8, 10), lambda: time.monotonic() > stalled + 0.5, 5)
         assert _states(store, range(8)) == [READY] * 8, "still held after the stall"
@@ -270,8 +266,6 @@ def test_heartbeats_still_queued_in_an_overloaded_manager_do_not_mark_nodes_down
 
 
 def test_a_node_back_right_after_its_down_makes_the_manager_wait_longer() -> None:
-    from dataclasses import replace
-
     cfg = replace(FAST, false_down_window=0.5, false_down_max_extra=10 * FAST.down_after)
 
     async def body() -> None:

@@ -282,10 +282,12 @@ class EtcdBackend:
         await self.members.close()
 
 
-# etcd's answers (besides UNAVAILABLE and DEADLINE_EXCEEDED) to a proposal its raft leader
-# dropped while changing (rpctypes.ErrProposalDropped comes as UNKNOWN): not applied, and
-# safe to retry.
-PROPOSAL_DROPPED = "raft proposal dropped"  # never appended to the log: sent again (commit)
+# etcd's answers (besides UNAVAILABLE and DEADLINE_EXCEEDED) while its raft leader changes:
+# safe to retry, since a commit's compares fail if it did land. A dropped proposal
+# (rpctypes.ErrProposalDropped, as UNKNOWN) was never in the log, so `commit` sends it
+# again itself; after the others the manager cannot tell whether it landed (a retry of a
+# write that did would meet a conflict), so they go to the caller.
+PROPOSAL_DROPPED = "raft proposal dropped"
 _DROPPED = frozenset({PROPOSAL_DROPPED, "etcdserver: request timed out, possibly due "
                       "to previous leader failure", "etcdserver: leader changed"})
 
