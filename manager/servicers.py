@@ -10,6 +10,7 @@ certificate first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
@@ -234,8 +235,8 @@ def add_dispatcher(servicer: DispatcherServicer, server: grpc.aio.Server) -> Non
         "Session": grpc.unary_stream_rpc_method_handler(
             servicer.Session, request_deserializer=cpb.SessionRequest.FromString,
             response_serializer=serialize_session),
-        "Heartbeat": grpc.unary_unary_rpc_method_handler(
-            servicer.Heartbeat, request_deserializer=cpb.HeartbeatRequest.FromString,
+        "Heartbeats": grpc.stream_stream_rpc_method_handler(
+            servicer.Heartbeats, request_deserializer=cpb.HeartbeatRequest.FromString,
             response_serializer=cpb.HeartbeatResponse.SerializeToString),
         "UpdateTaskStatus": grpc.unary_unary_rpc_method_handler(
             servicer.UpdateTaskStatus,
@@ -247,6 +248,49 @@ def add_dispatcher(servicer: DispatcherServicer, server: grpc.aio.Server) -> Non
     name = cpb.DESCRIPTOR.services_by_name["Dispatcher"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
     server.add_registered_method_handlers(name, handlers)
+
+
+async def answer_heartbeats(
+        requests: AsyncIterator[cpb.HeartbeatRequest],
+        hear: Callable[[cpb.HeartbeatRequest], cpb.HeartbeatResponse],
+) -> AsyncIterator[cpb.HeartbeatResponse]:
+    """The answers to a stream of heartbeats: each heartbeat is heard (`hear`) as it
+    arrives, and only the newest answer waits while the connection is slow to take them.
+
+    Reading does not wait for writing. An answer goes back on the connection that carries
+    the node's session, behind whatever the manager is sending it (a deploy's network
+    states: seconds, at a thousand nodes); a stream that waited for each answer before
+    reading the next heartbeat would hear the node that late, and mark it DOWN. What
+    `hear` raises (the session is unknown, this manager is not the leader) ends the
+    stream, after the answers already due."""
+    newest: cpb.HeartbeatResponse | None = None
+    due = asyncio.Event()
+
+    async def read() -> None:
+        nonlocal newest
+        try:
+            async for request in requests:
+                newest = hear(request)
+                due.set()
+        finally:
+            due.set()
+
+    reader = asyncio.create_task(read())
+    try:
+        while True:
+            if newest is not None:
+                answer, newest = newest, None
+                yield answer
+            elif reader.done():
+                reader.result()  # raises what ended the reading
+                return
+            else:
+                await due.wait()
+                due.clear()
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
 
 
 def _dispatcher(host: ManagerHost) -> Dispatcher:
@@ -304,8 +348,11 @@ class DispatcherServicer(cpb_grpc.DispatcherServicer):
 
     @user_errors
     @_redirects
-    async def Heartbeat(self, request: cpb.HeartbeatRequest, context: Any) -> cpb.HeartbeatResponse:
-        return _dispatcher(self.host).heartbeat(request)
+    async def Heartbeats(self, requests: AsyncIterator[cpb.HeartbeatRequest],
+                         context: Any) -> AsyncIterator[cpb.HeartbeatResponse]:
+        async for answer in answer_heartbeats(
+                requests, lambda request: _dispatcher(self.host).heartbeat(request)):
+            yield answer
 
     @user_errors
     @_redirects

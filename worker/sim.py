@@ -96,6 +96,7 @@ class SimNode:
         self.network_messages = 0
         self._outbox = Outbox()
         self._last_beat = 0.0
+        self._heard = 0.0  # when the session stream last brought a message (monotonic)
         self._starting: dict[str, asyncio.TimerHandle] = {}
         self._run: asyncio.Task[None] | None = None
         self._session_id = ""
@@ -158,13 +159,15 @@ class SimNode:
         helpers = Helpers(call)
         try:
             async for message in call:
+                self._heard = time.monotonic()  # a word from the manager (send_heartbeats)
                 if message.session_id != self._session_id:
                     self._session_id = message.session_id
                     self.stats.sessions += 1
                     self._last_beat = time.monotonic()
                     helpers.start(
                         send_heartbeats(stub, self.node_id, self._session_id,
-                                        lambda: self.period, self._heartbeat_answered),
+                                        lambda: self.period, self._heartbeat_answered,
+                                        lambda: self._heard),
                         send_reports(stub, self.node_id, self._session_id, self._outbox,
                                      answered=self._report_answered))
                     self._outbox.ready.set()

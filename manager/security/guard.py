@@ -1,6 +1,7 @@
 """The gRPC side of authz: a server interceptor that checks every call on the TLS port
-against the policy (authz.authorize) before the servicer runs, and ends the session of a
-node removed while it is connected.
+against the policy (authz.authorize) before the servicer runs (each message of a stream of
+requests before the servicer reads it), and ends the session of a node removed while it is
+connected.
 
 A refusal is PERMISSION_DENIED with the policy's message, and is logged with the caller's
 node id: a worker trying the control API, or a removed node knocking, is worth seeing.
@@ -36,9 +37,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = await continuation(details)
-        if handler is None or handler.request_streaming:
-            return handler  # every RPC served here takes one request
+        if handler is None:
+            return None
         method: str = details.method
+        if handler.stream_stream is not None:
+            return self._checked_stream(method, handler)
+        if handler.request_streaming:
+            return None  # no such RPC is served here: refused as unknown, never unchecked
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
@@ -61,12 +66,38 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return grpc.unary_stream_rpc_method_handler(
             streaming, handler.request_deserializer, handler.response_serializer)
 
+    def _checked_stream(self, method: str, handler: Any) -> Any:
+        """A stream of requests (Dispatcher/Heartbeats) is checked a message at a time: each
+        one may only act for the certificate's own node, which must still be a member."""
+        inner = handler.stream_stream
+
+        async def streaming(requests: AsyncIterator[Any],
+                            context: grpc.aio.ServicerContext) -> Any:
+            caller = authz.caller_of(dict(context.auth_context()))
+
+            async def checked() -> AsyncIterator[Any]:
+                async for request in requests:
+                    await self._authorize(method, caller, request, context)
+                    yield request
+
+            async for item in inner(checked(), context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(
+            streaming, handler.request_deserializer, handler.response_serializer)
+
     async def _check(self, method: str, request: Any,
                      context: grpc.aio.ServicerContext) -> authz.Caller | None:
-        manager = self._manager()
         caller = authz.caller_of(dict(context.auth_context()))
+        await self._authorize(method, caller, request, context)
+        return caller
+
+    async def _authorize(self, method: str, caller: authz.Caller | None, request: Any,
+                         context: grpc.aio.ServicerContext) -> None:
+        """Refuse the call (PERMISSION_DENIED) unless the policy lets `caller` make it."""
+        manager = self._manager()
         if manager is None:
-            return caller  # the servicers answer "not a manager"
+            return  # the servicers answer "not a manager"
         store = manager.store
         try:
             authz.authorize(method, caller, request, manager.identity.cluster_id,
@@ -78,7 +109,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                    "a peer without a node certificate")
             _log(f"refused {method.rpartition('.')[2]} from {who}: {exc}")
             await abort(context, exc, grpc.StatusCode.PERMISSION_DENIED)
-        return caller
 
     async def _until_removed(self, items: AsyncIterator[Any], node_id: str,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:

@@ -19,6 +19,7 @@ from pyswarm.manager.dispatcher.netpush import (
     serialize_session,
     session_message,
 )
+from pyswarm.manager.servicers import answer_heartbeats
 from pyswarm.manager.store import MemoryBackend, Store
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
@@ -108,6 +109,47 @@ def test_missed_heartbeats_mark_the_node_down() -> None:
         assert store.view().get("node", "n2").status.state == opb.NODE_STATE_DOWN
         with pytest.raises(NotFound):
             d.heartbeat(cpb.HeartbeatRequest(node_id="n2", session_id=first.session_id))
+        await d.stop()
+
+    run(body())
+
+
+def test_heartbeats_on_a_stream_are_heard_while_their_answers_wait() -> None:
+    """The manager's side of a Heartbeats stream (servicers.answer_heartbeats): each
+    heartbeat is heard as it arrives, even while the connection takes no answer; only the
+    newest answer waits; what refuses a heartbeat ends the stream after it."""
+    async def body() -> None:
+        store, d = await _setup()
+        stream = d.session(cpb.SessionRequest(node_id="n2"))  # referred to: it stays open
+        first = await anext(stream)
+        arrived: asyncio.Queue[cpb.HeartbeatRequest] = asyncio.Queue()
+
+        async def requests() -> Any:
+            while True:
+                yield await arrived.get()
+
+        def beat() -> None:
+            arrived.put_nowait(cpb.HeartbeatRequest(node_id="n2", session_id=first.session_id))
+
+        heard: list[float] = []
+
+        def hear(request: cpb.HeartbeatRequest) -> cpb.HeartbeatResponse:
+            heard.append(d._last_beat["n2"])
+            answer = d.heartbeat(request)
+            answer.period_ms = len(heard)  # which heartbeat this answers
+            return answer
+
+        answers = answer_heartbeats(requests(), hear)
+        beat()
+        assert (await anext(answers)).period_ms == 1
+        for _ in range(3):  # nobody takes an answer meanwhile: a slow connection
+            beat()
+            await asyncio.sleep(FAST.heartbeat_period)
+        assert len(heard) == 4 and d._last_beat["n2"] > heard[-1]
+        assert (await anext(answers)).period_ms == 4  # the newest only
+        arrived.put_nowait(cpb.HeartbeatRequest(node_id="n2", session_id="gone"))
+        with pytest.raises(NotFound):
+            await anext(answers)
         await d.stop()
 
     run(body())

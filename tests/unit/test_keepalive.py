@@ -18,22 +18,24 @@ from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from pyswarm.proto import objects_pb2 as opb
 from pyswarm.worker.agent.agent import Agent
+from pyswarm.worker.agent.keepalive import GIVE_UP_PERIODS
 from pyswarm.worker.sim import SimNode, SimStats
 
-PERIOD_MS = 100  # heartbeat period the fake manager sets; heartbeats time out after 2 periods
+PERIOD_MS = 100  # heartbeat period the fake manager sets; GIVE_UP_PERIODS of them is 1 s
 
 
 class Dispatcher(cpb_grpc.DispatcherServicer):
-    """Opens sessions s1, s2, ...; stalls or forgets on request."""
+    """Opens sessions s1, s2, ...; stalls, goes quiet or forgets on request."""
 
     def __init__(self) -> None:
         self.sessions = 0
+        self.heard: list[tuple[str, float]] = []  # (session id, when) of each heartbeat
         self.beats: list[tuple[str, float]] = []  # (session id, when answered)
-        self.stall_beats = 0      # the next N heartbeats take 3 periods to answer
+        self.streams = 0          # heartbeat streams opened
+        self.stall_beats = 0      # the next N answers take 3 periods each
         self.mute = False         # heartbeats are never answered
-        self.cancel_beats = 0     # the next N heartbeats fail CANCELLED (an overloaded manager)
-        self.in_flight = 0        # heartbeats received and not answered yet
-        self.most_in_flight = 0
+        self.cancel_beats = 0     # the next N heartbeats end their stream CANCELLED
+        self.chatter = False      # the session stream brings a message every period
         self.fail_reports = 0     # the next N reports fail UNAVAILABLE
         self.forget = False       # heartbeats say the session is unknown
         self.reports: list[cpb.UpdateTaskStatusRequest] = []
@@ -44,29 +46,43 @@ class Dispatcher(cpb_grpc.DispatcherServicer):
 
     async def Session(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC's name
         self.sessions += 1
+        session_id = f"s{self.sessions}"
         yield cpb.SessionMessage(
-            session_id=f"s{self.sessions}", heartbeat_period_ms=PERIOD_MS,
+            session_id=session_id, heartbeat_period_ms=PERIOD_MS,
             assignments=cpb.Assignments(type=cpb.Assignments.COMPLETE, update=self.tasks))
-        await asyncio.Event().wait()  # open until the client goes
+        while True:  # open until the client goes
+            await asyncio.sleep(PERIOD_MS / 1000)
+            if self.chatter:
+                yield cpb.SessionMessage(session_id=session_id, heartbeat_period_ms=PERIOD_MS)
 
-    async def Heartbeat(self, request: Any, context: Any) -> Any:  # noqa: N802
-        if self.forget and request.session_id == "s1":
-            await context.abort(grpc.StatusCode.NOT_FOUND, "session invalid")
-        if self.cancel_beats:
-            self.cancel_beats -= 1
-            await context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
-        self.in_flight += 1
-        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+    async def Heartbeats(self, requests: Any, context: Any) -> Any:  # noqa: N802
+        """Hears each heartbeat as it arrives (`heard`), answers them in turn (`beats`)."""
+        self.streams += 1
+        arrived: asyncio.Queue[str] = asyncio.Queue()
+
+        async def hear() -> None:
+            async for request in requests:
+                self.heard.append((request.session_id, time.monotonic()))
+                arrived.put_nowait(request.session_id)
+
+        reader = asyncio.create_task(hear())
         try:
-            if self.mute:
-                await asyncio.Event().wait()
-            if self.stall_beats:
-                self.stall_beats -= 1
-                await asyncio.sleep(3 * PERIOD_MS / 1000)
+            while True:
+                session_id = await arrived.get()
+                if self.forget and session_id == "s1":
+                    await context.abort(grpc.StatusCode.NOT_FOUND, "session invalid")
+                if self.cancel_beats:
+                    self.cancel_beats -= 1
+                    await context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+                if self.mute:
+                    await asyncio.Event().wait()
+                if self.stall_beats:
+                    self.stall_beats -= 1
+                    await asyncio.sleep(3 * PERIOD_MS / 1000)
+                self.beats.append((session_id, time.monotonic()))
+                yield cpb.HeartbeatResponse(period_ms=PERIOD_MS)
         finally:
-            self.in_flight -= 1
-        self.beats.append((request.session_id, time.monotonic()))
-        return cpb.HeartbeatResponse(period_ms=PERIOD_MS)
+            reader.cancel()
 
     async def UpdateTaskStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
         if self.fail_reports:
@@ -125,16 +141,15 @@ def test_heartbeats_keep_their_period_while_answers_are_late(make: Any) -> None:
 
     async def check(node: Any) -> None:
         await until(lambda: len(dispatcher.beats) >= 2)
-        assert dispatcher.most_in_flight == 1
-        dispatcher.stall_beats = 4  # answers come three periods late
-        stalled_at = len(dispatcher.beats)
-        await until(lambda: len(dispatcher.beats) >= stalled_at + 6)
-        # The next heartbeats went out before the late answers came: the manager heard
-        # the node every period (it would have marked it DOWN otherwise). The node kept
-        # its one session: it did not give up and did not reconnect.
-        assert dispatcher.most_in_flight >= 2
-        assert dispatcher.sessions == 1
-        assert {s for s, _ in dispatcher.beats} == {"s1"}
+        dispatcher.stall_beats = 4  # each of the next answers comes three periods late
+        answered, heard = len(dispatcher.beats), len(dispatcher.heard)
+        await until(lambda: len(dispatcher.beats) >= answered + 4)
+        # The node did not wait for the late answers: the manager heard it every period
+        # (it would have marked it DOWN otherwise), about three heartbeats per answer. The
+        # node kept its one session and stream: it did not give up and did not reconnect.
+        assert len(dispatcher.heard) - heard >= 2 * 4
+        assert dispatcher.sessions == 1 and dispatcher.streams == 1
+        assert {s for s, _ in dispatcher.heard} == {"s1"}
 
     asyncio.run(run_against(dispatcher, make, check))
 
@@ -145,11 +160,11 @@ def test_heartbeats_the_manager_cancelled_do_not_end_the_session(make: Any) -> N
 
     async def check(node: Any) -> None:
         await until(lambda: len(dispatcher.beats) >= 1)
-        dispatcher.cancel_beats = 3
+        dispatcher.cancel_beats = 3  # three streams in a row end CANCELLED
         await until(lambda: dispatcher.cancel_beats == 0)
         answered = len(dispatcher.beats)
         await until(lambda: len(dispatcher.beats) >= answered + 2)
-        assert dispatcher.sessions == 1
+        assert dispatcher.sessions == 1 and dispatcher.streams == 4
 
     asyncio.run(run_against(dispatcher, make, check))
 
@@ -191,6 +206,23 @@ def test_a_manager_that_stopped_answering_is_given_up_and_the_node_reconnects(
         dispatcher.mute = True  # no heartbeat is answered from now on
         # After GIVE_UP_PERIODS periods (1 s here) the node ends the session and opens
         # another one, as it must when its manager vanished without closing the connection.
+        await until(lambda: dispatcher.sessions >= 2, timeout=10)
+
+    asyncio.run(run_against(dispatcher, make, check))
+
+
+@pytest.mark.parametrize("make", [agent, sim], ids=["agent", "sim"])
+def test_a_manager_heard_on_the_session_stream_is_not_given_up(make: Any) -> None:
+    dispatcher = Dispatcher()
+
+    async def check(node: Any) -> None:
+        await until(lambda: dispatcher.beats)
+        # Answers stop, as when they queue behind a deploy's network states, but the
+        # session stream still brings messages: the manager is there.
+        dispatcher.mute, dispatcher.chatter = True, True
+        await asyncio.sleep(2 * GIVE_UP_PERIODS * PERIOD_MS / 1000)
+        assert dispatcher.sessions == 1
+        dispatcher.chatter = False  # now nothing comes at all: given up
         await until(lambda: dispatcher.sessions >= 2, timeout=10)
 
     asyncio.run(run_against(dispatcher, make, check))

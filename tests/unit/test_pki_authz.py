@@ -3,12 +3,16 @@ connection there: pure functions, fed what gRPC and a real TLS client hand them.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from types import SimpleNamespace
+from typing import Any
 
+import grpc
 import pytest
 
 from pyswarm.common import pki
-from pyswarm.manager.security import authz, sni
+from pyswarm.manager.security import authz, guard, sni
 from pyswarm.manager.security.ca import PermissionDenied
 from pyswarm.proto import cluster_pb2 as cpb
 
@@ -62,13 +66,72 @@ def test_init_and_join_are_never_served_remotely(name: str) -> None:
 
 def test_dispatcher_calls_only_for_the_caller_s_own_live_node() -> None:
     mine = cpb.HeartbeatRequest(node_id="w1")
-    assert allowed(DISPATCHER + "Heartbeat", WORKER, mine)
+    assert allowed(DISPATCHER + "Heartbeats", WORKER, mine)
     assert allowed(DISPATCHER + "Session", MANAGER, cpb.SessionRequest(node_id="m1"))
-    assert "cannot act for node w2" in refusal(DISPATCHER + "Heartbeat", WORKER,
+    assert "cannot act for node w2" in refusal(DISPATCHER + "Heartbeats", WORKER,
                                                cpb.HeartbeatRequest(node_id="w2"))
     assert "has been removed" in refusal(DISPATCHER + "Session", WORKER,
                                          cpb.SessionRequest(node_id="w1"), members=("m1",))
-    assert "needs a node certificate" in refusal(DISPATCHER + "Heartbeat", None, mine)
+    assert "needs a node certificate" in refusal(DISPATCHER + "Heartbeats", None, mine)
+
+
+class Refused(Exception):
+    pass
+
+
+class Context:
+    """What the interceptor reads of a call over TLS: the peer certificate; and abort."""
+
+    def __init__(self, cert: bytes) -> None:
+        self.cert = cert
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_pem_cert": [self.cert]}
+
+    async def abort(self, code: grpc.StatusCode, details: str, trailing_metadata: Any) -> None:
+        raise Refused(f"{code.name}: {details}")
+
+
+def test_a_stream_of_requests_is_checked_a_message_at_a_time() -> None:
+    """Dispatcher/Heartbeats: every message, not just the first, acts for the caller's own
+    node, and the servicer never reads one that does not; a request-streaming call of
+    any other shape is refused as unknown rather than passed unchecked."""
+    ca = pki.RootCA.create()
+    cert = ca.sign_node(pki.make_csr(pki.new_key()), "w1", "worker", "c1")
+    nodes = {"w1": object()}
+    manager: Any = SimpleNamespace(
+        identity=SimpleNamespace(cluster_id="c1"),
+        store=SimpleNamespace(view=lambda: SimpleNamespace(get=lambda kind, i: nodes.get(i))))
+    read: list[str] = []
+
+    async def servicer(requests: Any, context: Any) -> Any:
+        async for request in requests:
+            read.append(request.node_id)
+            yield cpb.HeartbeatResponse()
+
+    async def intercepted(handler: Any) -> Any:
+        async def continuation(details: Any) -> Any:
+            return handler
+
+        return await guard.AuthInterceptor(lambda: manager).intercept_service(
+            continuation, SimpleNamespace(method=DISPATCHER + "Heartbeats"))
+
+    async def body() -> None:
+        checked = await intercepted(grpc.stream_stream_rpc_method_handler(servicer))
+        requests = [cpb.HeartbeatRequest(node_id=n) for n in ("w1", "w1", "w2", "w1")]
+
+        async def stream() -> Any:
+            for request in requests:
+                yield request
+
+        answers = checked.stream_stream(stream(), Context(cert))
+        with pytest.raises(Refused, match="PERMISSION_DENIED: node w1 cannot act for node w2"):
+            async for _ in answers:
+                pass
+        assert read == ["w1", "w1"]
+        assert await intercepted(grpc.stream_unary_rpc_method_handler(servicer)) is None
+
+    asyncio.run(body())
 
 
 def test_other_services_are_refused() -> None:

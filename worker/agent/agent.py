@@ -21,6 +21,7 @@ import contextlib
 import os
 import platform
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -86,6 +87,7 @@ class Agent:
         self.network_state: cpb.NetworkState | None = None  # the whole state, merged
         self.network_view = NetworkView(node_id)
         self._period = 1.0
+        self._heard = 0.0  # when the session stream last brought a message (monotonic)
         self._cleanups: set[asyncio.Task[None]] = set()
 
     # ---- session -------------------------------------------------------------------------
@@ -130,6 +132,7 @@ class Agent:
         helpers = Helpers(call)
         try:
             async for message in call:
+                self._heard = time.monotonic()  # a word from the manager (send_heartbeats)
                 if not self._session_id or message.session_id != self._session_id:
                     self._session_id = message.session_id
                     if target != self._session_with:
@@ -142,7 +145,8 @@ class Agent:
                     self._stub = stub
                     helpers.start(
                         send_heartbeats(stub, self.node_id, self._session_id,
-                                        lambda: self._period, self._heartbeat_answered),
+                                        lambda: self._period, self._heartbeat_answered,
+                                        lambda: self._heard),
                         send_reports(stub, self.node_id, self._session_id, self._outbox,
                                      self.before_report))
                     self._outbox.ready.set()  # resend what changed while disconnected

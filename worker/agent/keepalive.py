@@ -2,22 +2,24 @@
 
     outbox = Outbox()                      # the node puts each task's status change in it
     helpers = Helpers(call)                # when a session starts:
-    helpers.start(send_heartbeats(stub, node_id, session_id, period, answered),
+    helpers.start(send_heartbeats(stub, node_id, session_id, period, answered, heard),
                   send_reports(stub, node_id, session_id, outbox))
 
 Shared by the agent and the simulated nodes (worker/sim.py), so the benchmark measures the
 protocol the daemons speak.
 
 Policy:
-- Heartbeats go out on the clock, every period, whether or not the last one has been
-  answered yet (`send_heartbeats` says why). One that fails with a retryable code is
-  followed by the next; nothing gives up early: a busy manager is not a dead one, and a
-  helper given up on would leave the session open with nobody beating in it.
+- Heartbeats go out on the clock, every period, on one stream per session, whether or not
+  the last one has been answered yet (`send_heartbeats` says why). A stream that fails
+  with a retryable code is opened again; nothing gives up early: a busy manager is not a
+  dead one, and a helper given up on would leave the session open with nobody beating in
+  it.
 - A status report that times out, or finds the manager unavailable or out of resources,
   is sent again after a short pause (`retrying`).
-- Heartbeats give up after GIVE_UP_PERIODS periods without an answer: a manager that
-  vanished without closing the connection (a partition, a machine gone) must not hold the
-  node's session forever; ten periods ride out a stalled manager but not a lost one.
+- Heartbeats give up after GIVE_UP_PERIODS periods without a word from the manager (an
+  answer, or a message on the session stream): a manager that vanished without closing
+  the connection (a partition, a machine gone) must not hold the node's session forever;
+  ten periods ride out a stalled manager but not a lost one.
 - Any other error ends the session (NOT_FOUND: the manager no longer knows it), and the
   node opens a new one at once. `Helpers` does that: the first helper to fail cancels the
   session's stream, and the stream's reader raises the helper's error instead of the
@@ -39,14 +41,15 @@ from pyswarm.proto import objects_pb2 as opb
 
 T = TypeVar("T")
 
-# Codes after which the same request is sent again in the same session: the call did not
-# get through, which says nothing about the session. CANCELLED is among them: at a thousand
-# nodes an overloaded manager answered one heartbeat in ten with it (bench/scale.py), and
+# Codes after which the same request is sent again (a heartbeat stream opened again) in the
+# same session: the call did not get through, which says nothing about the session.
+# CANCELLED is among them: at a thousand nodes an overloaded manager answered one heartbeat
+# call in ten with it (bench/scale.py, when each heartbeat was a call of its own), and
 # ending the session for it made every node reconnect three times within a deploy.
 RETRY = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
                    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED})
 RETRY_MIN, RETRY_MAX = 0.05, 1.0  # seconds between attempts (doubling)
-GIVE_UP_PERIODS = 10  # heartbeat periods without an answer before the session is given up
+GIVE_UP_PERIODS = 10  # heartbeat periods without a word from the manager: session given up
 REPORT_BATCH = 0.02  # seconds: status changes within this window go in one request
 
 
@@ -113,59 +116,91 @@ class Helpers:
 
 async def send_heartbeats(stub: Any, node_id: str, session_id: str,
                           period: Callable[[], float],
-                          answered: Callable[[cpb.HeartbeatResponse], None]) -> None:
-    """Heartbeat every period() seconds (the manager sets it), on the clock, until cancelled
-    or given up.
+                          answered: Callable[[cpb.HeartbeatResponse], None],
+                          heard: Callable[[], float] | None = None) -> None:
+    """Heartbeat every period() seconds (the manager sets it) on the session's Heartbeats
+    stream, until cancelled or given up; `heard()` is when the session stream last brought
+    a message (time.monotonic()).
 
-    The next heartbeat does not wait for the last one's answer. An answer can be seconds
-    late while the manager heard the heartbeat on time: it comes back on the connection
-    that carries the session, behind whatever the manager is sending this node (a deploy's
-    network changes). Waiting for each answer made the heartbeats themselves that late, and
-    a busy manager marked healthy nodes DOWN (bench/scale.py, 300 nodes). So each one is
-    its own call, with GIVE_UP_PERIODS periods to be answered; a retryable failure (RETRY)
-    is left to the next tick, and once no heartbeat has been answered for GIVE_UP_PERIODS
-    periods the session is given up with that failure. Any other error ends it at once."""
+    Writing does not wait for answers, and the manager reads without waiting to answer: an
+    answer can be seconds late while the manager heard the heartbeat on time. It comes back
+    on the connection that carries the session, behind whatever the manager is sending this
+    node (a deploy's network changes); heartbeats that waited for answers were that late
+    themselves, and a busy manager marked healthy nodes DOWN (bench/scale.py, 300 nodes).
+    For the same reason a message on the session stream is as good a sign of the manager
+    as an answer: at a thousand nodes, answers queued behind network states for up to 12 s
+    and nodes that counted only answers gave up sessions the manager was serving.
+
+    A stream that fails with a code in RETRY (or that the manager closes) is opened again
+    in the same session after a short pause. Once nothing has come from the manager for
+    GIVE_UP_PERIODS periods the session is given up: with the stream's last failure, or
+    DEADLINE_EXCEEDED. Any other error ends it at once."""
     request = cpb.HeartbeatRequest(node_id=node_id, session_id=session_id)
-    loop = asyncio.get_running_loop()
-    failure: asyncio.Future[None] = loop.create_future()
-    calls: set[asyncio.Task[cpb.HeartbeatResponse]] = set()
     last_answer = time.monotonic()
-    ended = False
+    pause = RETRY_MIN
 
-    def done(call: asyncio.Task[cpb.HeartbeatResponse]) -> None:
-        nonlocal last_answer
-        calls.discard(call)
-        if call.cancelled():
-            return
-        exc = call.exception()  # retrieved even when the session is already ending
-        if ended or failure.done():
-            return
-        if exc is None:
-            last_answer = time.monotonic()
-            answered(call.result())
-        elif (not isinstance(exc, grpc.aio.AioRpcError) or exc.code() not in RETRY
-              or time.monotonic() - last_answer >= period() * GIVE_UP_PERIODS):
-            failure.set_exception(exc)
+    def silent() -> float:
+        return time.monotonic() - max(last_answer, heard() if heard is not None else 0.0)
 
-    async def beat() -> cpb.HeartbeatResponse:
-        return await stub.Heartbeat(request, timeout=period() * GIVE_UP_PERIODS)  # type: ignore[no-any-return]
+    while True:
+        opened = last_answer
+        call = stub.Heartbeats()
 
-    due = time.monotonic()
-    try:
-        while True:
-            due = max(due + period(), time.monotonic())  # a late tick is not made up twice
-            await asyncio.wait([failure], timeout=due - time.monotonic())
-            if failure.done():
-                failure.result()  # raises the failure
-            call = asyncio.create_task(beat())
-            calls.add(call)
-            call.add_done_callback(done)
-    finally:
-        ended = True  # calls cancelled below may still end in errors: they no longer count
-        for call in list(calls):
+        async def read(call: Any = call) -> None:
+            nonlocal last_answer
+            async for answer in call:
+                last_answer = time.monotonic()
+                answered(answer)
+
+        async def write(call: Any = call) -> None:
+            due = time.monotonic()
+            while True:
+                await call.write(request)
+                due = max(due + period(), time.monotonic())  # a late tick is not made up
+                await asyncio.sleep(due - time.monotonic())
+
+        reader, writer = asyncio.create_task(read()), asyncio.create_task(write())
+        try:
+            while True:
+                done, _ = await asyncio.wait({reader, writer}, timeout=period(),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if done:
+                    # The stream is over; its reader ends with its status (a write to an
+                    # ended stream only says it ended).
+                    await asyncio.wait({reader}, timeout=period())
+                    failure = _ended(reader, writer)
+                    break
+                if silent() >= period() * GIVE_UP_PERIODS:
+                    raise _silent(period() * GIVE_UP_PERIODS)
+        finally:
+            for task in (reader, writer):
+                task.cancel()
             call.cancel()
-        if failure.done() and not failure.cancelled():
-            failure.exception()  # retrieved: it is raised above or the session is ending
+            await asyncio.gather(reader, writer, return_exceptions=True)
+        if (not isinstance(failure, grpc.aio.AioRpcError) or failure.code() not in RETRY
+                or silent() >= period() * GIVE_UP_PERIODS):
+            raise failure
+        pause = RETRY_MIN if last_answer > opened else min(pause * 2, RETRY_MAX)
+        await asyncio.sleep(pause)
+
+
+def _ended(*tasks: asyncio.Task[None]) -> BaseException:
+    """Why a heartbeat stream ended: its gRPC status if a task saw one, else another error
+    (a bug), else the manager closed it (UNAVAILABLE: it is opened again)."""
+    errors = [t.exception() for t in tasks if t.done() and not t.cancelled()]
+    for exc in errors:
+        if isinstance(exc, grpc.aio.AioRpcError):
+            return exc
+    for exc in errors:
+        if exc is not None and not isinstance(exc, asyncio.InvalidStateError):
+            return exc
+    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(),
+                                grpc.aio.Metadata(), "the manager closed the heartbeat stream")
+
+
+def _silent(seconds: float) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(),
+                                grpc.aio.Metadata(), f"no word from the manager for {seconds:g} s")
 
 
 class Outbox:
