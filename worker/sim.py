@@ -28,6 +28,7 @@ from pyswarm.common.netdelta import NetworkView, StaleDelta
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from pyswarm.proto import objects_pb2 as opb
+from pyswarm.proto import sim_pb2
 from pyswarm.worker import membership
 from pyswarm.worker.agent.keepalive import Helpers, Outbox, send_heartbeats, send_reports
 
@@ -35,6 +36,7 @@ S = taskstate.S
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 
 
+SESSION = "/pyswarm.cluster.v1.Dispatcher/Session"
 LAG_TICK = 0.1  # seconds between the fleet's checks of its own event loop
 
 
@@ -60,12 +62,13 @@ class VersionChain:
     """A simulated node's NetworkState when it does not keep the state itself: it only
     checks that no delta was missed (each is against the version it has). A thousand full
     views of a 10,000-task network cost this process more CPU than the manager spends
-    sending them, and would measure the simulator, not the manager."""
+    sending them, and would measure the simulator, not the manager; so would parsing the
+    states (such a node reads them as sim_pb2.NetworkStateVersions)."""
 
     def __init__(self) -> None:
         self.version = 0
 
-    def update(self, msg: cpb.NetworkState) -> None:
+    def update(self, msg: cpb.NetworkState | sim_pb2.NetworkStateVersions) -> None:
         if msg.base_version and msg.base_version != self.version:
             raise StaleDelta(self.version, msg.base_version)
         self.version = msg.version
@@ -137,7 +140,7 @@ class SimNode:
         while True:
             channel = self.certs.channel(self.manager)
             try:
-                await self._session(cpb_grpc.DispatcherStub(channel))
+                await self._session(cpb_grpc.DispatcherStub(channel), self._open(channel))
                 backoff = BACKOFF_MIN
                 self.stats.ended["closed"] += 1
             except asyncio.CancelledError:
@@ -153,8 +156,17 @@ class SimNode:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
-    async def _session(self, stub: Any) -> None:
-        call = stub.Session(cpb.SessionRequest(node_id=self.node_id,
+    def _open(self, channel: grpc.aio.Channel) -> Any:
+        """Dispatcher/Session, read whole, or (VersionChain) with network states read only
+        as far as their versions (proto/sim.proto says why)."""
+        if isinstance(self.network, NetworkView):
+            return cpb_grpc.DispatcherStub(channel).Session
+        return channel.unary_stream(
+            SESSION, request_serializer=cpb.SessionRequest.SerializeToString,
+            response_deserializer=sim_pb2.SessionMessageVersions.FromString)
+
+    async def _session(self, stub: Any, open_session: Any) -> None:
+        call = open_session(cpb.SessionRequest(node_id=self.node_id,
                                                description=self.description, addr=self.addr))
         helpers = Helpers(call)
         try:

@@ -107,10 +107,15 @@ def agent(target: str) -> Agent:
                  channel_factory=lambda _: grpc.aio.insecure_channel(target))
 
 
-def sim(target: str) -> SimNode:
+def sim(target: str, track_network: bool = True) -> SimNode:
     certs: Any = SimpleNamespace(identity=SimpleNamespace(node_id="n1"),
                                  channel=lambda manager: grpc.aio.insecure_channel(manager))
-    return SimNode("sim1", certs, target, "127.0.0.1", SimStats())
+    return SimNode("sim1", certs, target, "127.0.0.1", SimStats(), track_network=track_network)
+
+
+def sim_versions(target: str) -> SimNode:
+    """A simulated node that reads only the versions of its network states (bench/scale.py)."""
+    return sim(target, track_network=False)
 
 
 async def run_against(dispatcher: Dispatcher, make: Any, check: Any) -> None:
@@ -169,7 +174,8 @@ def test_heartbeats_the_manager_cancelled_do_not_end_the_session(make: Any) -> N
     asyncio.run(run_against(dispatcher, make, check))
 
 
-@pytest.mark.parametrize("make", [agent, sim], ids=["agent", "sim"])
+@pytest.mark.parametrize("make", [agent, sim, sim_versions],
+                         ids=["agent", "sim", "sim-versions"])
 def test_a_session_the_manager_forgot_ends_and_the_node_opens_a_new_one(make: Any) -> None:
     dispatcher = Dispatcher()
     dispatcher.forget = True
@@ -211,7 +217,8 @@ def test_a_manager_that_stopped_answering_is_given_up_and_the_node_reconnects(
     asyncio.run(run_against(dispatcher, make, check))
 
 
-@pytest.mark.parametrize("make", [agent, sim], ids=["agent", "sim"])
+@pytest.mark.parametrize("make", [agent, sim, sim_versions],
+                         ids=["agent", "sim", "sim-versions"])
 def test_a_manager_heard_on_the_session_stream_is_not_given_up(make: Any) -> None:
     dispatcher = Dispatcher()
 
