@@ -900,7 +900,7 @@ class DispatcherServicer:
         next one, and are merged (the newest only) while the connection is slow to take them.
         A node whose heartbeats stop for 3 periods is DOWN and its tasks are replaced
         elsewhere. One stream, not a call per heartbeat: a message on it costs the manager a
-        third of what a call did (bench/README.md).
+        third of what a call did (README.md, "Scale").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
