@@ -11,12 +11,16 @@ LOOP_MAX_DEFER = 0.1
 # After a pass a loop rests as long as the pass took, up to this (seconds): see
 # manager/loops/pacing.py.
 LOOP_MAX_REST = 1.0
+# An orchestrator pass commits (and lets the event loop run) after about this many tasks'
+# worth of services: a pass over every service of a 10,000-task cluster held the loop for
+# 0.4-1.2 s, and heartbeats heard that late delay every node's DOWN (see orchestrator.py).
+PASS_CHUNK_TASKS = 1000
 
 
 @dataclass(frozen=True)
 class ManagerConfig:
     # Workers heartbeat this often. Swarm uses 5 s; we want a dead node noticed in seconds,
-    # and a heartbeat is one tiny unary RPC that never touches the store.
+    # and a heartbeat is one small message on a stream that never touches the store.
     heartbeat_period: float = 1.0
     # A node that misses this many periods is DOWN and its tasks are replaced at once.
     # Three absorbs a GC pause or a slow network without flapping.

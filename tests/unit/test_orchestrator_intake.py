@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from pyswarm.manager.config import PASS_CHUNK_TASKS
 from pyswarm.manager.loops.orchestrator import Orchestrator, _may_change_reconcile
 from pyswarm.manager.orchestrator.reconcile import reconcile
 from pyswarm.manager.scheduler.timestamps import format_time
@@ -210,3 +212,39 @@ def test_a_new_or_removed_node_marks_the_global_services_and_its_tasks_services(
     wanted, dirty = _marked(Event("delete", "node", nodes["n1"], nodes["n1"]), services,
                             tasks, list(nodes.values()))
     assert wanted and dirty == {"on-n1", "everywhere"}
+
+
+def test_a_pass_over_a_large_cluster_commits_in_chunks_and_reaches_every_service() -> None:
+    """A pass reconciles and commits about PASS_CHUNK_TASKS tasks' worth of services at a
+    time (each commit an await, so heartbeats are heard in between), and still acts on
+    every dirty service."""
+    async def body() -> None:
+        store = await Store.open(MemoryBackend())
+        big = PASS_CHUNK_TASKS * 3 // 5
+        services = [make_service("a", replicas=big), make_service("b", replicas=big),
+                    make_service("c", replicas=10)]
+        await store.update(lambda tx: [tx.create(o) for o in (make_node("n1"), *services)])
+        orchestrator = Orchestrator(store)
+        orchestrator._dirty = {"a", "b", "c"}
+        await orchestrator._tick()  # no tasks yet: one chunk
+
+        def count(service_id: str) -> int:
+            return len(store.view().find("task", service_id=service_id))
+
+        assert [count(s) for s in "abc"] == [big, big, 10]
+
+        def scale_up(tx: Any) -> None:
+            for service_id in "abc":
+                svc = Service()
+                svc.CopyFrom(tx.get("service", service_id))
+                svc.spec.replicated.replicas += 1
+                tx.update(svc)
+
+        await store.update(scale_up)
+        commits = store.metrics.snapshot().get("store_commits", 0)
+        orchestrator._dirty = {"a", "b", "c"}
+        await orchestrator._tick()
+        assert store.metrics.snapshot().get("store_commits", 0) - commits == 2  # a | b, c
+        assert [count(s) for s in "abc"] == [big + 1, big + 1, 11]
+
+    asyncio.run(body())
