@@ -86,20 +86,33 @@ class Orchestrator:
     def mark_dirty(self, service_id: str) -> None:
         self._dirty.add(service_id)
 
-    async def _tick(self) -> None:
+    async def _tick(self) -> float:
+        """One pass; the seconds it held the event loop (its reconciling, not the commits
+        awaited between chunks: pacing.py rests that long)."""
         if not self._dirty:
-            return
+            return 0.0
         ids, self._dirty = self._dirty, set()
         started = time.perf_counter()
+        busy = 0.0
+
+        def reconcile(tx: WriteTx, chunk: set[str]) -> None:
+            nonlocal busy
+            began = time.perf_counter()
+            try:
+                self._reconcile(tx, chunk)
+            finally:
+                busy += time.perf_counter() - began
+
         for chunk in self._chunks(ids):
             # Split past the backend's per-commit limit (etcd): a retry re-reconciles from
             # the store, so parts already committed are not done twice (Store.update).
-            await self.store.batch(lambda tx, c=chunk: self._reconcile(tx, c), retries=5,
+            await self.store.batch(lambda tx, c=chunk: reconcile(tx, c), retries=5,
                                    fenced=True)
         metrics = self.store.metrics
         metrics.add("orchestrator_passes")
         metrics.add("orchestrator_services", len(ids))
         metrics.add("orchestrator_seconds", time.perf_counter() - started)
+        return busy
 
     def _chunks(self, ids: set[str]) -> list[set[str]]:
         """The pass's services in groups of about PASS_CHUNK_TASKS tasks, each reconciled

@@ -6,7 +6,8 @@ each event whether a pass is wanted; the pass itself re-reads the store. Policy:
   burst of commits costs one pass, not one each (also the commits made during a pass and
   its rest); under a steady stream, a pass after at most LOOP_MAX_DEFER seconds of reading.
 - After a pass the loop rests as long as the pass took (at most LOOP_MAX_REST), reading
-  nothing meanwhile: a loop whose passes grow with the cluster keeps at most about half of
+  nothing meanwhile (a pass that awaits in between, such as the orchestrator's commits,
+  returns the seconds it held the event loop, and rests that long): a loop whose passes grow with the cluster keeps at most about half of
   the event loop, and heartbeats, status reports and the other loops keep theirs. At small
   sizes a pass takes milliseconds and so does the rest. (Unpaced, during a 10,000-task
   deploy on a thousand simulated nodes the orchestrator alone took over a third of the
@@ -37,8 +38,9 @@ async def run_passes(watch: Watch, wants_pass: Callable[[Event], bool],
             continue
         wanted = False
         started = time.monotonic()
-        await run_pass()
-        await asyncio.sleep(min(time.monotonic() - started, LOOP_MAX_REST))
+        busy = await run_pass()
+        took = busy if isinstance(busy, float) else time.monotonic() - started
+        await asyncio.sleep(min(took, LOOP_MAX_REST))
         # The defer window counts from here: what was committed during the pass and the
         # rest is one backlog, read before the next pass (counted from before the rest,
         # the next commit's marker started a pass at once: a pass per backlogged commit).

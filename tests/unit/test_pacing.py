@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
+from typing import Any
 
+from pyswarm.manager.loops import pacing
 from pyswarm.manager.loops.pacing import run_passes
 from pyswarm.manager.store import Event
 from pyswarm.manager.store.watch import Watch
@@ -82,3 +85,35 @@ def test_a_steady_stream_of_commits_still_gets_passes() -> None:
         return passes
 
     assert asyncio.run(body()) == 3
+
+
+def test_a_pass_that_awaits_rests_as_long_as_it_held_the_loop(monkeypatch: Any) -> None:
+    """The orchestrator's pass awaits a commit after each chunk of services; others use
+    the loop meanwhile. Its rest is the time it held the loop (what it returns), not its
+    wall time: resting for others' work only delayed the next pass (re-placing the tasks
+    of nodes found DOWN a moment later). A pass that returns nothing rests its wall time."""
+    rests: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        rests.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(pacing, "asyncio", SimpleNamespace(sleep=sleep))
+
+    async def body(held: float | None) -> None:
+        watch = Watch(None, lambda _: None)
+
+        async def run_pass() -> float | None:
+            await real_sleep(0.05)  # awaiting commits while the loop runs others' work
+            watch.close()
+            return held
+
+        _commit(watch, 1)
+        await asyncio.wait_for(run_passes(watch, lambda _: True, run_pass), 10)
+
+    asyncio.run(body(0.01))
+    assert rests == [0.01]
+    rests.clear()
+    asyncio.run(body(None))
+    assert len(rests) == 1 and rests[0] >= 0.05
