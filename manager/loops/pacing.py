@@ -6,10 +6,11 @@ each event whether a pass is wanted; the pass itself re-reads the store. Policy:
   burst of commits costs one pass, not one each (also the commits made during a pass and
   its rest); under a steady stream, a pass after at most LOOP_MAX_DEFER seconds of reading.
 - After a pass the loop rests as long as the pass took (at most LOOP_MAX_REST), reading
-  nothing meanwhile (a pass that awaits in between, such as the orchestrator's commits,
-  returns the seconds it held the event loop, and rests that long): a loop whose passes grow with the cluster keeps at most about half of
-  the event loop, and heartbeats, status reports and the other loops keep theirs. At small
-  sizes a pass takes milliseconds and so does the rest. (Unpaced, during a 10,000-task
+  nothing meanwhile: a loop whose passes grow with the cluster keeps at most about half
+  of the event loop, and heartbeats, status reports and the other loops keep theirs. A
+  pass that awaits in between (the orchestrator's commits) returns the seconds it held
+  the loop, and rests that long. At small sizes a pass takes milliseconds and so does
+  the rest. (Unpaced, during a 10,000-task
   deploy on a thousand simulated nodes the orchestrator alone took over a third of the
   manager's event loop while heartbeats were answered late: py-spy, bench/scale.py.)
 """
