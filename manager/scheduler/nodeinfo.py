@@ -41,10 +41,12 @@ class NodeInfo:
     reserved: Reserved = field(default_factory=Reserved)
     host_ports: set[HostPort] = field(default_factory=set)
     recent_failures: dict[str, list[float]] = field(default_factory=dict)
+    # the node's id, read once: ranking reads it for every node and task, and a protobuf
+    # field read costs more than an attribute (a pass at 1,000 nodes read it 31,000 times)
+    id: str = field(init=False)
 
-    @property
-    def id(self) -> str:
-        return self.node.id
+    def __post_init__(self) -> None:
+        self.id = self.node.id
 
     def free_cpus(self) -> int:
         return self.node.description.resources.nano_cpus - self.reserved.nano_cpus
@@ -59,7 +61,9 @@ class NodeInfo:
         res = task.spec.resources.reservations
         self.reserved.nano_cpus += res.nano_cpus
         self.reserved.memory_bytes += res.memory_bytes
-        self.host_ports.update(task_host_ports(task))
+        ports = task_host_ports(task)
+        if ports:
+            self.host_ports.update(ports)
         if counted:
             self.tasks_by_service[task.service_id] += 1
             self.total_tasks += 1
@@ -70,7 +74,10 @@ class NodeInfo:
 
 def task_host_ports(task: Task) -> list[HostPort]:
     """The host-mode ports a task publishes on its own node (allocated ones if known)."""
-    ports = task.endpoint.ports or task.endpoint.spec.ports
+    endpoint = task.endpoint
+    ports = endpoint.ports or endpoint.spec.ports
+    if not ports:
+        return []
     return [(p.published_port, p.protocol or "tcp") for p in ports
             if p.publish_mode == PublishMode.PUBLISH_MODE_HOST and p.published_port]
 

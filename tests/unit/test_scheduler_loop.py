@@ -1,0 +1,36 @@
+"""What a scheduler pass reads of the store (manager/loops/scheduler.py `_schedule`): the
+reservations of the tasks that hold them, the service's recent failures, and nothing of
+the tasks that ended."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pyswarm.manager.loops.scheduler import Scheduler
+from pyswarm.manager.store import MemoryBackend, Store
+from tests.unit.cluster_builders import NOW, S, make_node, make_service, make_task
+
+
+def test_a_pass_counts_live_reservations_and_recent_failures_but_not_ended_tasks() -> None:
+    web = make_service("web", reserve_cpus=1)
+    big = make_service("big", reserve_cpus=3.5)
+    side = make_service("side")
+    tasks = [
+        make_task("hog", big, node="n1"),  # n1: 3.5 of its 4 CPUs held, no room for 1
+        make_task("crashed", web, node="n2", state=S.TASK_STATE_FAILED, at=NOW - 10),
+        make_task("done", big, node="n3", state=S.TASK_STATE_COMPLETE),  # holds nothing
+        make_task("s1", side, node="n3"),  # n3 runs one task; n2 none but a failure
+        make_task("new", web, slot=2, node="", state=S.TASK_STATE_PENDING),
+    ]
+
+    async def body() -> str:
+        store = await Store.open(MemoryBackend())
+        await store.update(lambda tx: [tx.create(o) for o in (
+            make_node("n1"), make_node("n2"), make_node("n3"), web, big, side, *tasks)])
+        placed = await store.batch(Scheduler(store, clock=lambda: NOW)._schedule)
+        assert placed == 1
+        return str(store.view().get("task", "new").node_id)
+
+    # n1 has no room for the reservation; n2, emptier, ranks last for a service that just
+    # failed there; the ended task on n3 holds nothing.
+    assert asyncio.run(body()) == "n3"
