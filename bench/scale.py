@@ -314,7 +314,7 @@ async def run_one(store: str, nodes: int, tasks: int, args: argparse.Namespace,
             await asyncio.sleep(0.2 if now - started < 5 else 1.0)
         running_s = time.monotonic() - started
         # The deploy is over once the nodes also have its network states (service
-        # discovery): the bytes the manager sends stop growing.
+        # discovery): no session of the manager is behind on its NetworkState.
         quiet_s = await states_delivered(control, started, args.timeout)
         profiler.stop()
         log(f"{label}: network states delivered at {quiet_s:.0f} s; sessions opened "

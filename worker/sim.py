@@ -25,6 +25,7 @@ import grpc
 
 from pyswarm.common import pki, taskstate
 from pyswarm.common.netdelta import NetworkView, StaleDelta
+from pyswarm.common.rpc import SESSION_METHOD
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from pyswarm.proto import objects_pb2 as opb
@@ -35,8 +36,6 @@ from pyswarm.worker.agent.keepalive import Helpers, Outbox, send_heartbeats, sen
 S = taskstate.S
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 
-
-SESSION = "/pyswarm.cluster.v1.Dispatcher/Session"
 LAG_TICK = 0.1  # seconds between the fleet's checks of its own event loop
 
 
@@ -162,7 +161,7 @@ class SimNode:
         if isinstance(self.network, NetworkView):
             return cpb_grpc.DispatcherStub(channel).Session
         return channel.unary_stream(
-            SESSION, request_serializer=cpb.SessionRequest.SerializeToString,
+            SESSION_METHOD, request_serializer=cpb.SessionRequest.SerializeToString,
             response_deserializer=sim_pb2.SessionMessageVersions.FromString)
 
     async def _session(self, stub: Any, open_session: Any) -> None:

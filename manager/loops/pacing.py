@@ -10,9 +10,9 @@ each event whether a pass is wanted; the pass itself re-reads the store. Policy:
   of the event loop, and heartbeats, status reports and the other loops keep theirs. A
   pass that awaits in between (the orchestrator's commits) returns the seconds it held
   the loop, and rests that long. At small sizes a pass takes milliseconds and so does
-  the rest. (Unpaced, during a 10,000-task
-  deploy on a thousand simulated nodes the orchestrator alone took over a third of the
-  manager's event loop while heartbeats were answered late: py-spy, bench/scale.py.)
+  the rest. (Unpaced, during a 10,000-task deploy on a thousand simulated nodes the
+  orchestrator alone took over a third of the manager's event loop while heartbeats were
+  answered late: py-spy, bench/scale.py.)
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from pyswarm.manager.store import Event, Watch
 
 
 async def run_passes(watch: Watch, wants_pass: Callable[[Event], bool],
-                     run_pass: Callable[[], Awaitable[object]]) -> None:
+                     run_pass: Callable[[], Awaitable[float | None]]) -> None:
     """Until the watch closes: every event goes to `wants_pass` (True if a pass is wanted
-    because of it), and `run_pass` runs as the module's policy says."""
+    because of it), and `run_pass` runs as the module's policy says (it returns the
+    seconds it held the event loop, or None for all of its time)."""
     wanted = False
     last = time.monotonic()
     async for item in watch:
@@ -40,7 +41,7 @@ async def run_passes(watch: Watch, wants_pass: Callable[[Event], bool],
         wanted = False
         started = time.monotonic()
         busy = await run_pass()
-        took = busy if isinstance(busy, float) else time.monotonic() - started
+        took = busy if busy is not None else time.monotonic() - started
         await asyncio.sleep(min(took, LOOP_MAX_REST))
         # The defer window counts from here: what was committed during the pass and the
         # rest is one backlog, read before the next pass (counted from before the rest,

@@ -61,9 +61,7 @@ class NodeInfo:
         res = task.spec.resources.reservations
         self.reserved.nano_cpus += res.nano_cpus
         self.reserved.memory_bytes += res.memory_bytes
-        ports = task_host_ports(task)
-        if ports:
-            self.host_ports.update(ports)
+        self.host_ports.update(task_host_ports(task))
         if counted:
             self.tasks_by_service[task.service_id] += 1
             self.total_tasks += 1

@@ -16,12 +16,10 @@ from typing import Any
 
 import grpc
 
-from pyswarm.common.rpc import abort
+from pyswarm.common.rpc import SESSION_METHOD, abort
 from pyswarm.manager.manager import Manager
 from pyswarm.manager.security import authz
 from pyswarm.manager.security.ca import PermissionDenied, removed
-
-SESSION = "/pyswarm.cluster.v1.Dispatcher/Session"
 
 
 def _log(message: str) -> None:
@@ -58,7 +56,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
             caller = await self._check(method, request, context)
             items = stream(request, context)
-            if method == SESSION and caller is not None:
+            if method == SESSION_METHOD and caller is not None:
                 items = self._until_removed(items, caller.node_id, context)
             async for item in items:
                 yield item

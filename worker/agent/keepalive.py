@@ -117,7 +117,7 @@ class Helpers:
 async def send_heartbeats(stub: Any, node_id: str, session_id: str,
                           period: Callable[[], float],
                           answered: Callable[[cpb.HeartbeatResponse], None],
-                          heard: Callable[[], float] | None = None) -> None:
+                          heard: Callable[[], float]) -> None:
     """Heartbeat every period() seconds (the manager sets it) on the session's Heartbeats
     stream, until cancelled or given up; `heard()` is when the session stream last brought
     a message (time.monotonic()).
@@ -140,7 +140,7 @@ async def send_heartbeats(stub: Any, node_id: str, session_id: str,
     pause = RETRY_MIN
 
     def silent() -> float:
-        return time.monotonic() - max(last_answer, heard() if heard is not None else 0.0)
+        return time.monotonic() - max(last_answer, heard())
 
     while True:
         opened = last_answer
