@@ -112,6 +112,7 @@ class Orchestrator:
         metrics.add("orchestrator_passes")
         metrics.add("orchestrator_services", len(ids))
         metrics.add("orchestrator_seconds", time.perf_counter() - started)
+        metrics.add("orchestrator_busy_seconds", busy)
         return busy
 
     def _chunks(self, ids: set[str]) -> list[set[str]]:

@@ -44,6 +44,13 @@ def _preference(task: Task) -> tuple[bool, bool, tuple[float, float, str]]:
     return (not has_ended(task), task.status.state == RUNNING, age_key(task))
 
 
+def _best(tasks: list[Task]) -> Task | None:
+    """The task to keep of ``tasks`` (a slot has one in the steady state: no ranking)."""
+    if len(tasks) < 2:
+        return tasks[0] if tasks else None
+    return max(tasks, key=_preference)
+
+
 def reconcile_slot(service: Service, slot: int, node_id: str, runnable: Sequence[Task],
                    history: Sequence[Task], spec: SpecCheck, node_problem: NodeProblem,
                    may_create: bool, now: float) -> SlotOutcome:
@@ -59,10 +66,11 @@ def reconcile_slot(service: Service, slot: int, node_id: str, runnable: Sequence
         if may_create:
             act.append(CreateTask(service.id, slot, node_id, delay_until, replaces.id))
 
-    current = [t for t in runnable if spec.is_current(t)]
-    old = [t for t in runnable if not spec.is_current(t)]
-    new = max(current, key=_preference, default=None)
-    prev = max(old, key=_preference, default=None)
+    current: list[Task] = []
+    old: list[Task] = []
+    for task in runnable:
+        (current if spec.is_current(task) else old).append(task)
+    new, prev = _best(current), _best(old)
     for task in runnable:
         if task is not new and task is not prev:
             act.append(ShutdownTask(task.id, "duplicate task for slot"))

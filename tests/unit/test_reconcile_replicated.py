@@ -242,6 +242,25 @@ def test_scaling_alone_does_not_roll_tasks():
     assert creates(run(svc, [task])) == [CreateTask("svc", 2)]
 
 
+def test_each_task_is_judged_by_the_spec_of_the_version_it_was_made_from():
+    # A service at version 9 whose tasks were made at two earlier versions: those of
+    # version 3 have the current spec (only scaled since), those of version 5 an older
+    # image. Only the latter roll, however the tasks of one version are interleaved.
+    svc = make_service(replicas=4, version=9, parallelism=4)
+    tasks = []
+    for slot in range(1, 5):
+        task = make_task(f"t{slot}", svc, slot=slot, node=f"n{slot % 2 + 1}")
+        if slot % 2:
+            task.spec_version = 3
+        else:
+            task.spec_version = 5
+            task.spec.container.image = "busybox:old"
+        tasks.append(task)
+    actions = run(svc, tasks)
+    assert sorted(c.replaces for c in creates(actions)) == ["t2", "t4"]
+    assert sorted(shutdowns(actions)) == ["t2", "t4"]
+
+
 def test_force_update_rolls_tasks():
     svc = make_service(replicas=1, version=4)
     task = make_task("t1", svc, slot=1)
