@@ -6,8 +6,10 @@ decisions are written in one transaction: ASSIGNED with the node for placed task
 others the reason stays visible in the task's status message ("no suitable node (...)"),
 written only when it changes so that waiting tasks cost no writes.
 
-At scale: the pending tasks are followed from the watch (no scan of every task per commit),
-and passes are paced (pacing.py): a burst of commits costs one pass, not one each.
+At scale: the pending tasks, and what every node holds (NodeLedger), are followed from the
+watch: a pass reads the pending tasks and the nodes, not every task (a failure at 10,000
+tasks took a dozen passes, each scanning them all). Passes are paced (pacing.py): a burst
+of commits costs one pass, not one each.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from collections.abc import Callable
 from pyswarm.common import taskstate
 from pyswarm.manager.loops.pacing import run_passes
 from pyswarm.manager.loops.tasks import copy, set_status
-from pyswarm.manager.scheduler.nodeinfo import build_node_infos
+from pyswarm.manager.scheduler.nodeinfo import NodeLedger, Share
 from pyswarm.manager.scheduler.pipeline import schedule
+from pyswarm.manager.scheduler.timestamps import parse_time
 from pyswarm.manager.store import Event, Store, WriteTx
 from pyswarm.proto import objects_pb2 as opb
 
@@ -33,12 +36,17 @@ class Scheduler:
     def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
-        self._pending: set[str] = set()  # ids of tasks waiting for a node
+        # ids of tasks waiting for a node, in the order they came (a dict: placements are
+        # reproducible)
+        self._pending: dict[str, None] = {}
+        self._ledger = NodeLedger(_share)
+        self._attempted = False  # a try of the current pass has run (store.batch retries)
 
     async def run(self) -> None:
         watch = self.store.watch({"task", "node"})
         try:
-            self._pending = {t.id for t in self.store.view().all("task") if _pending(t)}
+            self._pending = dict.fromkeys(t.id for t in self.store.view().all("task")
+                                          if _pending(t))
             await self._tick()
             await run_passes(watch, self._follow, self._tick)
         finally:
@@ -48,18 +56,27 @@ class Scheduler:
         """Keep the pending set current; True if the event calls for a pass."""
         if event.kind == "task":
             task = event.obj
-            if event.action != "delete" and _pending(task):
-                self._pending.add(task.id)
+            deleted = event.action == "delete"
+            if not deleted and _pending(task):
+                self._pending[task.id] = None
             else:
-                self._pending.discard(task.id)
+                self._pending.pop(task.id, None)
+            ledger = self._ledger
+            if ledger.valid and (deleted or task.meta.version > ledger.built_at):
+                ledger.task_changed(task.id, None if deleted else task)
         return _matters(event)
 
     async def _tick(self) -> None:
         if not self._pending:
             return
         started = time.perf_counter()
-        # Split past the backend's per-commit limit (etcd); a retry re-reads the store.
-        placed = await self.store.batch(self._schedule, retries=5, fenced=True)
+        self._attempted = False
+        try:
+            # Split past the backend's per-commit limit (etcd); a retry re-reads the store.
+            placed = await self.store.batch(self._schedule, retries=5, fenced=True)
+        except BaseException:
+            self._ledger.invalidate()  # it holds assignments that were not committed
+            raise
         metrics = self.store.metrics
         metrics.add("scheduler_passes")
         metrics.add("scheduler_placed", placed)
@@ -68,27 +85,26 @@ class Scheduler:
     def _schedule(self, tx: WriteTx) -> int:
         """One pass; the number of tasks it placed."""
         now = self.clock()
-        # One scan of the tasks (three list scans were a fifth of a pass at 10,000 tasks).
-        pending, live, failed = [], [], []
-        for t in tx.all("task"):
-            state = t.status.state
-            if _pending(t):
-                pending.append(t)
-            elif not t.node_id:
-                continue
-            elif state in ENDED_BADLY:
-                failed.append(t)
-            elif taskstate.is_live(state) and t.desired_state <= S.TASK_STATE_RUNNING:
-                live.append(t)
+        pending = []
+        for task_id in self._pending:
+            task = tx.get("task", task_id)
+            if task is not None and _pending(task):
+                pending.append(task)
         if not pending:
             return 0
-        infos = build_node_infos(tx.all("node"), live, failed, now)
+        ledger = self._ledger
+        if self._attempted:
+            ledger.invalidate()  # an earlier try of this pass assigned on it, uncommitted
+        self._attempted = True
+        ledger.sync(tx.revision, tx.all("node"), lambda: tx.all("task"))
+        infos = ledger.infos
         decisions = schedule(pending, infos, now)
         for task_id, node_id in decisions.assigned:
             task = copy(tx.get("task", task_id))
             task.node_id = node_id
             set_status(task, S.TASK_STATE_ASSIGNED, "scheduler assigned task to node")
             tx.update(task)
+            ledger.placed(task, node_id)
         for task_id, reason in decisions.unplaced.items():
             task = tx.get("task", task_id)
             if task is not None and task.status.message != reason:
@@ -101,6 +117,25 @@ class Scheduler:
 
 def _pending(task: opb.Task) -> bool:
     return task.status.state == S.TASK_STATE_PENDING and task.desired_state <= S.TASK_STATE_RUNNING
+
+
+def _share(task: opb.Task) -> Share | None:
+    """What a task adds to its node for the scheduler: reservations, ports and a place in
+    the spread while it is live and still wanted; a failure (ranked against for a while)
+    if it ended badly while still wanted; else nothing."""
+    if not task.node_id or _pending(task):
+        return None
+    state = task.status.state
+    if state in ENDED_BADLY:
+        if task.desired_state > S.TASK_STATE_RUNNING:
+            # Told to stop (its node went down, a scale-down, an update): how it ended
+            # says nothing against the node.
+            return None
+        return Share(task.node_id, task.service_id,
+                     failed_at=parse_time(task.status.timestamp))
+    if taskstate.is_live(state) and task.desired_state <= S.TASK_STATE_RUNNING:
+        return Share.held(task, task.node_id)
+    return None
 
 
 def _matters(event: Event) -> bool:

@@ -128,5 +128,5 @@ def test_node_info_counts():
     got: NodeInfo = build_node_infos({"n1": make_node("n1")}, tasks, failed, NOW)["n1"]
     assert got.tasks_by_service["svc"] == 1 and got.total_tasks == 1  # stopping not counted
     assert got.reserved.nano_cpus == 1_000_000_000                     # ... but it holds cpu
-    assert got.host_ports == {(53, "tcp")}
+    assert got.host_ports == {(53, "tcp"): 2}  # held by each task until it ends
     assert got.recent_failures == {"svc": [NOW - 10]}

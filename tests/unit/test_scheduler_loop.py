@@ -5,6 +5,7 @@ the tasks that ended."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from pyswarm.manager.loops.scheduler import Scheduler
 from pyswarm.manager.store import MemoryBackend, Store
@@ -27,10 +28,23 @@ def test_a_pass_counts_live_reservations_and_recent_failures_but_not_ended_tasks
         store = await Store.open(MemoryBackend())
         await store.update(lambda tx: [tx.create(o) for o in (
             make_node("n1"), make_node("n2"), make_node("n3"), web, big, side, *tasks)])
-        placed = await store.batch(Scheduler(store, clock=lambda: NOW)._schedule)
-        assert placed == 1
-        return str(store.view().get("task", "new").node_id)
+        return await placement_of(store, "new")
 
     # n1 has no room for the reservation; n2, emptier, ranks last for a service that just
     # failed there; the ended task on n3 holds nothing.
     assert asyncio.run(body()) == "n3"
+
+
+async def placement_of(store: Store, task_id: str) -> str:
+    """Run the scheduler loop until ``task_id`` is placed; its node."""
+    loop = asyncio.create_task(Scheduler(store, clock=lambda: NOW).run())
+    try:
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if node := store.view().get("task", task_id).node_id:
+                return str(node)
+        raise AssertionError(f"{task_id} was not placed")
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
