@@ -4,7 +4,9 @@ Edge-triggered intake, level-triggered work (SwarmKit's replicated orchestrator)
 events only mark services dirty (a task event only when it can change a decision:
 `_may_change_reconcile`); at each pass (pacing.py) every dirty service is reconciled from
 the store by the pure `reconcile()` and its actions are applied in one transaction (split
-only past the backend's per-commit limit: Store.batch).
+only past the backend's per-commit limit: Store.batch). A node event marks only the slots
+of the replicated tasks on that node: those are reconciled alone (`reconcile_slots`) when
+the rest of the service cannot change, else the whole service is.
 
 Policy beyond `reconcile()`:
 - A replacement that must wait (restart delay) is not created early: a timer marks the
@@ -25,6 +27,7 @@ from pyswarm.manager.loops.pacing import run_passes
 from pyswarm.manager.loops.tasks import copy, new_task, set_status
 from pyswarm.manager.orchestrator.actions import CreateTask, RemoveTask, ShutdownTask
 from pyswarm.manager.orchestrator.reconcile import reconcile
+from pyswarm.manager.orchestrator.replicated import reconcile_slots
 from pyswarm.manager.store import Event, Store, WriteTx
 from pyswarm.proto import objects_pb2 as opb
 
@@ -36,6 +39,7 @@ class Orchestrator:
         self.store = store
         self.clock = clock
         self._dirty: set[str] = set()
+        self._slots: dict[str, set[int]] = {}  # replicated service -> slots a node concerns
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     async def run(self) -> None:
@@ -78,10 +82,20 @@ class Orchestrator:
         if old is not None and new is not None and not _node_may_change_reconcile(old, new):
             return False
         view = self.store.view()
-        marked = {t.service_id for t in view.find("task", node_id=event.obj.id)}
-        marked.update(s.id for s in view.all("service") if s.spec.WhichOneof("mode") == "global")
-        self._dirty.update(marked)
-        return bool(marked)
+        marked = False
+        for task in view.find("task", node_id=event.obj.id):
+            service = view.get("service", task.service_id)
+            if service is not None and service.spec.WhichOneof("mode") != "global":
+                # Only its slot: what the node's state decides for a replicated task.
+                self._slots.setdefault(task.service_id, set()).add(task.slot)
+            else:
+                self._dirty.add(task.service_id)
+            marked = True
+        for service in view.all("service"):
+            if service.spec.WhichOneof("mode") == "global":
+                self._dirty.add(service.id)
+                marked = True
+        return marked
 
     def mark_dirty(self, service_id: str) -> None:
         self._dirty.add(service_id)
@@ -89,13 +103,17 @@ class Orchestrator:
     async def _tick(self) -> float:
         """One pass; the seconds it held the event loop (its reconciling, not the commits
         awaited between chunks: pacing.py rests that long)."""
-        if not self._dirty:
+        if not self._dirty and not self._slots:
             return 0.0
-        ids, self._dirty = self._dirty, set()
+        # service id -> the slots to reconcile (None: the whole service)
+        work: dict[str, set[int] | None] = dict.fromkeys(self._dirty)
+        for service_id, slots in self._slots.items():
+            work.setdefault(service_id, slots)
+        self._dirty, self._slots = set(), {}
         started = time.perf_counter()
         busy = 0.0
 
-        def reconcile(tx: WriteTx, chunk: set[str]) -> None:
+        def reconcile(tx: WriteTx, chunk: dict[str, set[int] | None]) -> None:
             nonlocal busy
             began = time.perf_counter()
             try:
@@ -103,47 +121,57 @@ class Orchestrator:
             finally:
                 busy += time.perf_counter() - began
 
-        for chunk in self._chunks(ids):
+        for chunk in self._chunks(work):
             # Split past the backend's per-commit limit (etcd): a retry re-reconciles from
             # the store, so parts already committed are not done twice (Store.update).
             await self.store.batch(lambda tx, c=chunk: reconcile(tx, c), retries=5,
                                    fenced=True)
         metrics = self.store.metrics
         metrics.add("orchestrator_passes")
-        metrics.add("orchestrator_services", len(ids))
+        metrics.add("orchestrator_services", len(work))
         metrics.add("orchestrator_seconds", time.perf_counter() - started)
         metrics.add("orchestrator_busy_seconds", busy)
         return busy
 
-    def _chunks(self, ids: set[str]) -> list[set[str]]:
-        """The pass's services in groups of about PASS_CHUNK_TASKS tasks, each reconciled
+    def _chunks(self, work: dict[str, set[int] | None]) -> list[dict[str, set[int] | None]]:
+        """The pass's services in groups of about PASS_CHUNK_TASKS tasks (or slots, for a
+        service reconciled by its slots), each reconciled
         and committed on its own. Services are independent (a service's decisions read its
         own tasks and the nodes), and each commit is an await: heartbeats are heard between
         groups, where one transaction over every task of a large cluster held the event
         loop for a second, the dispatcher gave every node that second back, and dead nodes
         were noticed that much later (bench/scale.py, 1,000 nodes)."""
         view = self.store.view()
-        chunks: list[set[str]] = []
+        chunks: list[dict[str, set[int] | None]] = []
         size = 0
-        for service_id in sorted(ids):
-            tasks = len(view.find("task", service_id=service_id))
+        for service_id in sorted(work):
+            slots = work[service_id]
+            tasks = (len(slots) if slots is not None
+                     else len(view.find("task", service_id=service_id)))
             if not chunks or (size and size + tasks > PASS_CHUNK_TASKS):
-                chunks.append(set())
+                chunks.append({})
                 size = 0
-            chunks[-1].add(service_id)
+            chunks[-1][service_id] = slots
             size += tasks
         return chunks
 
-    def _reconcile(self, tx: WriteTx, ids: set[str]) -> None:
+    def _reconcile(self, tx: WriteTx, work: dict[str, set[int] | None]) -> None:
         now = self.clock()
         nodes = {n.id: n for n in tx.all("node")}
-        for service_id in sorted(ids):
+        for service_id in sorted(work):
             service = tx.get("service", service_id)
             tasks = tx.find("task", service_id=service_id)
             if service is None:
                 _wind_down(tx, tasks)
                 continue
-            for action in reconcile(service, tasks, nodes, now):
+            slots = work[service_id]
+            actions = (reconcile_slots(service, tasks, slots, nodes, now)
+                       if slots is not None else None)
+            if actions is None:
+                actions = reconcile(service, tasks, nodes, now)
+            else:
+                self.store.metrics.add("orchestrator_slot_reconciles")
+            for action in actions:
                 self._apply(tx, service, action, now)
 
     def _apply(self, tx: WriteTx, service: opb.Service, action: object, now: float) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from pyswarm.manager.config import PASS_CHUNK_TASKS
 from pyswarm.manager.loops.orchestrator import Orchestrator, _may_change_reconcile
+from pyswarm.manager.orchestrator.actions import CreateTask
 from pyswarm.manager.orchestrator.reconcile import reconcile
 from pyswarm.manager.scheduler.timestamps import format_time
 from pyswarm.manager.store import Event, MemoryBackend, Store
@@ -167,16 +168,24 @@ def _cluster() -> tuple[dict[str, Node], list[Service], list[Task]]:
     return nodes, [on_n1, elsewhere, pending, everywhere], tasks
 
 
-def _marked(event: Event, services: list[Service], tasks: list[Task],
-            nodes: list[Node]) -> tuple[bool, set[str]]:
-    async def body() -> tuple[bool, set[str]]:
+def _marked_slots(event: Event, services: list[Service], tasks: list[Task],
+                  nodes: list[Node]) -> tuple[bool, set[str], dict[str, set[int]]]:
+    """(pass wanted, services marked whole, replicated services' marked slots)."""
+    async def body() -> tuple[bool, set[str], dict[str, set[int]]]:
         store = await Store.open(MemoryBackend())
         await store.update(lambda tx: [tx.create(o) for o in (*nodes, *services, *tasks)])
         orchestrator = Orchestrator(store)
         wanted = orchestrator._mark(event)
-        return wanted, set(orchestrator._dirty)
+        return wanted, set(orchestrator._dirty), dict(orchestrator._slots)
 
     return asyncio.run(body())
+
+
+def _marked(event: Event, services: list[Service], tasks: list[Task],
+            nodes: list[Node]) -> tuple[bool, set[str]]:
+    """(pass wanted, every service marked, whole or by slots)."""
+    wanted, dirty, slots = _marked_slots(event, services, tasks, nodes)
+    return wanted, dirty | set(slots)
 
 
 @pytest.mark.parametrize("change", list(_node_changes()))
@@ -190,17 +199,30 @@ def test_a_node_event_marks_every_service_whose_decisions_it_can_change(
     new.CopyFrom(nodes[node_id])
     _node_changes()[change](new)
     after = {**nodes, node_id: new}
-    wanted, dirty = _marked(Event("update", "node", new, nodes[node_id]), services, tasks,
-                            list(nodes.values()))
+    wanted, whole, slots = _marked_slots(Event("update", "node", new, nodes[node_id]),
+                                         services, tasks, list(nodes.values()))
+    dirty = whole | set(slots)
     for service in services:
         mine = [t for t in tasks if t.service_id == service.id]
-        if reconcile(service, mine, nodes, NOW) != reconcile(service, mine, after, NOW):
+        before, now = reconcile(service, mine, nodes, NOW), reconcile(service, mine, after, NOW)
+        if before != now:
             assert service.id in dirty, (change, node_id, service.id)
+        if service.id in slots and service.id not in whole:
+            # Marked by its slots: the decisions of its other slots did not change.
+            marked = slots[service.id]
+            assert ([a for a in before if _slot(a, mine) not in marked]
+                    == [a for a in now if _slot(a, mine) not in marked]), (change, node_id)
     if change in IGNORED:
         assert not wanted and not dirty
     # Replicated services with no task on the node are never its business.
     on_node = {t.service_id for t in tasks if t.node_id == node_id}
     assert dirty <= on_node | {"everywhere"}
+
+
+def _slot(action: Any, tasks: list[Task]) -> int:
+    if isinstance(action, CreateTask):
+        return action.slot
+    return next(t.slot for t in tasks if t.id == action.task_id)
 
 
 def test_a_new_or_removed_node_marks_the_global_services_and_its_tasks_services() -> None:
@@ -247,5 +269,42 @@ def test_a_pass_over_a_large_cluster_commits_in_chunks_and_reaches_every_service
         assert store.metrics.snapshot().get("store_commits", 0) - commits == 2  # a | b, c
         assert 0 < held <= store.metrics.snapshot()["orchestrator_seconds"]
         assert [count(s) for s in "abc"] == [big + 1, big + 1, 11]
+
+    asyncio.run(body())
+
+
+def test_a_node_going_down_replaces_its_tasks_by_their_slots_alone() -> None:
+    """The loop end to end: the tasks of a node that went down are shut down and replaced
+    in their slots, by a pass over those slots (orchestrator_slot_reconciles), and the
+    tasks elsewhere are left alone."""
+    async def body() -> None:
+        store = await Store.open(MemoryBackend())
+        svc = make_service("web", replicas=6)
+        tasks = [make_task(f"t{slot}", svc, slot=slot, node="n1" if slot <= 2 else "n2")
+                 for slot in range(1, 7)]
+        await store.update(lambda tx: [tx.create(o) for o in (
+            make_node("n1"), make_node("n2"), svc, *tasks)])
+        loop = asyncio.create_task(Orchestrator(store).run())
+        try:
+            await asyncio.sleep(0.2)  # the first pass: nothing to do
+            down = Node()
+            down.CopyFrom(store.view().get("node", "n1"))
+            down.status.state = STATE["down"]
+            await store.update(lambda tx: tx.update(down))
+            for _ in range(200):
+                if len(store.view().find("task", service_id="web")) == 8:
+                    break
+                await asyncio.sleep(0.01)
+            view = store.view()
+            for task_id in ("t1", "t2"):
+                assert view.get("task", task_id).desired_state == S.TASK_STATE_SHUTDOWN
+            for task_id in ("t3", "t4", "t5", "t6"):
+                assert view.get("task", task_id).desired_state == S.TASK_STATE_RUNNING
+            fresh = [t for t in view.find("task", service_id="web")
+                     if t.id not in {f"t{s}" for s in range(1, 7)}]
+            assert sorted(t.slot for t in fresh) == [1, 2]
+            assert store.metrics.snapshot().get("orchestrator_slot_reconciles", 0) >= 1
+        finally:
+            loop.cancel()
 
     asyncio.run(body())
