@@ -4,9 +4,10 @@ Edge-triggered intake, level-triggered work (SwarmKit's replicated orchestrator)
 events only mark services dirty (a task event only when it can change a decision:
 `_may_change_reconcile`); at each pass (pacing.py) every dirty service is reconciled from
 the store by the pure `reconcile()` and its actions are applied in one transaction (split
-only past the backend's per-commit limit: Store.batch). A node event marks only the slots
-of the replicated tasks on that node: those are reconciled alone (`reconcile_slots`) when
-the rest of the service cannot change, else the whole service is.
+only past the backend's per-commit limit: Store.batch). A task event, or a node event for
+the tasks on that node, marks only the task's slot of a replicated service: marked slots
+are reconciled alone (`reconcile_slots`) when the rest of the service cannot change, else
+the whole service is.
 
 Policy beyond `reconcile()`:
 - A replacement that must wait (restart delay) is not created early: a timer marks the
@@ -67,7 +68,9 @@ class Orchestrator:
         elif event.kind == "task":
             if not _may_change_reconcile(event):
                 return False
-            self._dirty.add(event.obj.service_id)
+            self._mark_task(event.obj)
+            if event.old is not None and event.old.slot != event.obj.slot:
+                self._mark_task(event.old)
         elif event.kind == "node":
             return self._mark_node(event)
         return True
@@ -84,18 +87,23 @@ class Orchestrator:
         view = self.store.view()
         marked = False
         for task in view.find("task", node_id=event.obj.id):
-            service = view.get("service", task.service_id)
-            if service is not None and service.spec.WhichOneof("mode") != "global":
-                # Only its slot: what the node's state decides for a replicated task.
-                self._slots.setdefault(task.service_id, set()).add(task.slot)
-            else:
-                self._dirty.add(task.service_id)
+            self._mark_task(task)
             marked = True
         for service in view.all("service"):
             if service.spec.WhichOneof("mode") == "global":
                 self._dirty.add(service.id)
                 marked = True
         return marked
+
+    def _mark_task(self, task: opb.Task) -> None:
+        """A task or its node changed: a replicated service's slot of that task (its
+        decisions are the slot's own while the service is steady: `reconcile_slots`),
+        a global service whole."""
+        service = self.store.view().get("service", task.service_id)
+        if service is not None and service.spec.WhichOneof("mode") != "global":
+            self._slots.setdefault(task.service_id, set()).add(task.slot)
+        else:
+            self._dirty.add(task.service_id)
 
     def mark_dirty(self, service_id: str) -> None:
         self._dirty.add(service_id)

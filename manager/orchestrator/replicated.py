@@ -114,8 +114,8 @@ def reconcile_slots(service: Service, tasks: Sequence[Task], slots: set[int],
     the last pass, and any change to them marks the service for a whole pass of its own.
     At 1,000 nodes, a hundred dying cost every service a reconcile of all its tasks, two or
     three times as their DOWNs came in (bench/scale.py)."""
-    if service.spec.WhichOneof("mode") == "global":
-        return None
+    if service.spec.WhichOneof("mode") == "global" or 0 in slots:
+        return None  # (slot 0 holds no replica: its tasks are the whole pass's business)
     spec = SpecCheck(service)
     held: set[int] = set()
     mine: dict[int, list[Task]] = defaultdict(list)

@@ -308,3 +308,20 @@ def test_a_node_going_down_replaces_its_tasks_by_their_slots_alone() -> None:
             loop.cancel()
 
     asyncio.run(body())
+
+
+def test_a_task_event_marks_its_slot_of_a_replicated_service_and_a_global_service_whole(
+) -> None:
+    nodes, services, tasks = _cluster()
+    failed = Task()
+    failed.CopyFrom(tasks[0])  # a1: on-n1, slot 1
+    failed.status.state = S.TASK_STATE_FAILED
+    wanted, whole, slots = _marked_slots(Event("update", "task", failed, tasks[0]), services,
+                                         tasks, list(nodes.values()))
+    assert wanted and not whole and slots == {"on-n1": {1}}
+    ended = Task()
+    ended.CopyFrom(tasks[-1])  # g1: the global service's
+    ended.status.state = S.TASK_STATE_FAILED
+    wanted, whole, slots = _marked_slots(Event("update", "task", ended, tasks[-1]), services,
+                                         tasks, list(nodes.values()))
+    assert wanted and whole == {"everywhere"} and not slots
