@@ -40,7 +40,8 @@ class Orchestrator:
         self.store = store
         self.clock = clock
         self._dirty: set[str] = set()
-        self._slots: dict[str, set[int]] = {}  # replicated service -> slots a node concerns
+        # replicated service -> the slots task or node events concern (reconciled alone)
+        self._slots: dict[str, set[int]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     async def run(self) -> None:

@@ -107,13 +107,13 @@ def reconcile_slots(service: Service, tasks: Sequence[Task], slots: set[int],
     """The actions `reconcile_replicated` would take for ``slots`` alone, when nothing else
     in the service can change: None when it could (the whole service is reconciled).
 
-    A node that went down concerns the slots of the tasks it ran, not the other 999 of a
-    service. In a steady service (as many slots held as replicas, no task in slot 0, every
-    wanted task of the current spec) no slot's decision depends on another's: nothing is
-    scaled and no rolling update runs, so the other slots' actions are what they were at
-    the last pass, and any change to them marks the service for a whole pass of its own.
-    At 1,000 nodes, a hundred dying cost every service a reconcile of all its tasks, two or
-    three times as their DOWNs came in (bench/scale.py)."""
+    A node that went down concerns the slots of the tasks it ran, and a task's change its
+    own slot, not the other 999 of a service. In a steady service (as many slots held as
+    replicas, no task in slot 0, every wanted task of the current spec) no slot's decision
+    depends on another's: nothing is scaled and no rolling update runs, so the other
+    slots' actions are what they were at the last pass, and any change to them marks them
+    for a pass of their own. At 1,000 nodes, a hundred dying cost every service a reconcile
+    of all its tasks, two or three times as their DOWNs came in (bench/scale.py)."""
     if service.spec.WhichOneof("mode") == "global" or 0 in slots:
         return None  # (slot 0 holds no replica: its tasks are the whole pass's business)
     spec = SpecCheck(service)
