@@ -44,6 +44,9 @@ class Scheduler:
 
     async def run(self) -> None:
         watch = self.store.watch({"task", "node"})
+        # A run after a crash (manager._supervise restarts the loop) did not read what was
+        # written since its last watch closed.
+        self._ledger.invalidate()
         try:
             self._pending = dict.fromkeys(t.id for t in self.store.view().all("task")
                                           if _pending(t))

@@ -132,3 +132,33 @@ def test_a_placement_of_the_previous_loop_pass_is_ranked_as_a_task_of_its_node()
         return placed
 
     assert sorted(asyncio.run(body())) == ["n1", "n2", "n3"]
+
+
+def test_a_restarted_loop_does_not_trust_what_it_knew_before() -> None:
+    # The manager restarts a loop that crashed (manager._supervise): the same Scheduler runs
+    # again with a new watch, and what changed in between was never read as an event.
+    svc = make_service("web", reserve_cpus=2)
+
+    async def body() -> None:
+        store = await Store.open(MemoryBackend())
+        first = [make_task(f"a{i}", svc, slot=i, node="", state=S.TASK_STATE_PENDING)
+                 for i in (1, 2)]
+        await store.update(lambda tx: [tx.create(o) for o in (make_node("n1"), svc, *first)])
+        scheduler = Scheduler(store, clock=lambda: NOW)
+        loop = asyncio.create_task(scheduler.run())
+        await until(store, lambda v: all(v.get("task", t.id).node_id for t in first))
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        # Meanwhile a task ends (its CPUs are free) and another comes.
+        done = opb.Task()
+        done.CopyFrom(store.view().get("task", "a1"))
+        done.status.state = S.TASK_STATE_COMPLETE
+        late = make_task("b1", svc, slot=3, node="", state=S.TASK_STATE_PENDING)
+        await store.update(lambda tx: (tx.update(done), tx.create(late)))
+        loop = asyncio.create_task(scheduler.run())
+        try:
+            await until(store, lambda v: bool(v.get("task", "b1").node_id))
+        finally:
+            loop.cancel()
+
+    asyncio.run(body())
