@@ -102,11 +102,11 @@ def waiting(view) -> opb.Task:  # noqa: ANN001
 
 
 async def until(store: Store, check) -> None:  # noqa: ANN001
-    for _ in range(300):
+    for _ in range(1000):
         if check(store.view()):
             return
         await asyncio.sleep(0.01)
-    raise AssertionError("not within 3 s")
+    raise AssertionError("not within 10 s")
 
 
 def test_a_placement_of_the_previous_loop_pass_is_ranked_as_a_task_of_its_node() -> None:

@@ -291,7 +291,7 @@ def test_a_node_going_down_replaces_its_tasks_by_their_slots_alone() -> None:
             down.CopyFrom(store.view().get("node", "n1"))
             down.status.state = STATE["down"]
             await store.update(lambda tx: tx.update(down))
-            for _ in range(200):
+            for _ in range(1000):
                 if len(store.view().find("task", service_id="web")) == 8:
                     break
                 await asyncio.sleep(0.01)

@@ -39,7 +39,7 @@ async def placement_of(store: Store, task_id: str) -> str:
     """Run the scheduler loop until ``task_id`` is placed; its node."""
     loop = asyncio.create_task(Scheduler(store, clock=lambda: NOW).run())
     try:
-        for _ in range(500):
+        for _ in range(1000):
             await asyncio.sleep(0.01)
             if node := store.view().get("task", task_id).node_id:
                 return str(node)
