@@ -29,7 +29,7 @@ from pyswarm.manager.loops.tasks import copy, new_task, set_status
 from pyswarm.manager.orchestrator.actions import CreateTask, RemoveTask, ShutdownTask
 from pyswarm.manager.orchestrator.reconcile import reconcile
 from pyswarm.manager.orchestrator.replicated import reconcile_slots
-from pyswarm.manager.store import Event, Store, WriteTx
+from pyswarm.manager.store import Event, ReadTx, Store, WriteTx
 from pyswarm.proto import objects_pb2 as opb
 
 S = taskstate.S
@@ -69,9 +69,10 @@ class Orchestrator:
         elif event.kind == "task":
             if not _may_change_reconcile(event):
                 return False
-            self._mark_task(event.obj)
+            view = self.store.view()
+            self._mark_task(view, event.obj)
             if event.old is not None and event.old.slot != event.obj.slot:
-                self._mark_task(event.old)
+                self._mark_task(view, event.old)
         elif event.kind == "node":
             return self._mark_node(event)
         return True
@@ -88,7 +89,7 @@ class Orchestrator:
         view = self.store.view()
         marked = False
         for task in view.find("task", node_id=event.obj.id):
-            self._mark_task(task)
+            self._mark_task(view, task)
             marked = True
         for service in view.all("service"):
             if service.spec.WhichOneof("mode") == "global":
@@ -96,11 +97,11 @@ class Orchestrator:
                 marked = True
         return marked
 
-    def _mark_task(self, task: opb.Task) -> None:
+    def _mark_task(self, view: ReadTx, task: opb.Task) -> None:
         """A task or its node changed: a replicated service's slot of that task (its
         decisions are the slot's own while the service is steady: `reconcile_slots`),
         a global service whole."""
-        service = self.store.view().get("service", task.service_id)
+        service = view.get("service", task.service_id)
         if service is not None and service.spec.WhichOneof("mode") != "global":
             self._slots.setdefault(task.service_id, set()).add(task.slot)
         else:

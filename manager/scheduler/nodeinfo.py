@@ -45,6 +45,8 @@ class NodeInfo:
     reserved: Reserved = field(default_factory=Reserved)
     # held by the tasks on the node (a count each: one task ending frees only its own)
     host_ports: Counter[HostPort] = field(default_factory=Counter)
+    # service -> when its tasks failed here (the ledger keeps old ones too: ranking counts
+    # only those within RECENT_FAILURE_WINDOW)
     recent_failures: dict[str, list[float]] = field(default_factory=dict)
     # the node's id, read once: ranking reads it for every node and task, and a protobuf
     # field read costs more than an attribute (a pass at 1,000 nodes read it 31,000 times)
@@ -87,9 +89,6 @@ class NodeInfo:
             if not self.tasks_by_service[share.service_id]:
                 del self.tasks_by_service[share.service_id]
             self.total_tasks += sign
-
-    def has_recent_failures(self, service_id: str) -> bool:
-        return bool(self.recent_failures.get(service_id))
 
 
 class Share(NamedTuple):

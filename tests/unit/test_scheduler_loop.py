@@ -1,4 +1,4 @@
-"""What a scheduler pass reads of the store (manager/loops/scheduler.py `_schedule`): the
+"""What the scheduler loop's passes count (manager/loops/scheduler.py): the
 reservations of the tasks that hold them, the service's recent failures, and nothing of
 the tasks that ended."""
 
