@@ -35,6 +35,10 @@ class FailedPrecondition(PyswarmError):
     """The request is fine but the system is not in a state to do it (not a manager...)."""
 
 
+class PermissionDenied(PyswarmError):
+    """The caller may not do this (wrong token, wrong certificate, removed node)."""
+
+
 class Unavailable(PyswarmError):
     """The request could not be served now, and nothing of it was applied: retry it (a
     manager lost its leadership mid-request, or cannot reach its store)."""

@@ -20,6 +20,7 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.RuntimeFailure, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 

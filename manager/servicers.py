@@ -10,14 +10,13 @@ certificate first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import grpc
 
-from pyswarm.common.errors import FailedPrecondition
+from pyswarm.common.errors import FailedPrecondition, InvalidArgument
 from pyswarm.common.rpc import LEADER_KEY, abort, user_errors
 from pyswarm.manager import control
 from pyswarm.manager.dispatcher.dispatcher import Dispatcher
@@ -232,12 +231,9 @@ def add_dispatcher(servicer: DispatcherServicer, server: grpc.aio.Server) -> Non
     passes network states serialized already (netpush.Serialized) through."""
     generic = cpb_grpc.DispatcherServicer
     handlers = {
-        "Session": grpc.unary_stream_rpc_method_handler(
-            servicer.Session, request_deserializer=cpb.SessionRequest.FromString,
+        "Session": grpc.stream_stream_rpc_method_handler(
+            servicer.Session, request_deserializer=cpb.SessionUp.FromString,
             response_serializer=serialize_session),
-        "Heartbeats": grpc.stream_stream_rpc_method_handler(
-            servicer.Heartbeats, request_deserializer=cpb.HeartbeatRequest.FromString,
-            response_serializer=cpb.HeartbeatResponse.SerializeToString),
         "UpdateTaskStatus": grpc.unary_unary_rpc_method_handler(
             servicer.UpdateTaskStatus,
             request_deserializer=cpb.UpdateTaskStatusRequest.FromString,
@@ -250,47 +246,13 @@ def add_dispatcher(servicer: DispatcherServicer, server: grpc.aio.Server) -> Non
     server.add_registered_method_handlers(name, handlers)
 
 
-async def answer_heartbeats(
-        requests: AsyncIterator[cpb.HeartbeatRequest],
-        hear: Callable[[cpb.HeartbeatRequest], cpb.HeartbeatResponse],
-) -> AsyncIterator[cpb.HeartbeatResponse]:
-    """The answers to a stream of heartbeats: each heartbeat is heard (`hear`) as it
-    arrives, and only the newest answer waits while the connection is slow to take them.
-
-    Reading does not wait for writing. An answer goes back on the connection that carries
-    the node's session, behind whatever the manager is sending it (a deploy's network
-    states: seconds, at a thousand nodes); a stream that waited for each answer before
-    reading the next heartbeat would hear the node that late, and mark it DOWN. What
-    `hear` raises (the session is unknown, this manager is not the leader) ends the
-    stream, after the answers already due."""
-    newest: cpb.HeartbeatResponse | None = None
-    due = asyncio.Event()
-
-    async def read() -> None:
-        nonlocal newest
-        try:
-            async for request in requests:
-                newest = hear(request)
-                due.set()
-        finally:
-            due.set()
-
-    reader = asyncio.create_task(read())
-    try:
-        while True:
-            if newest is not None:
-                answer, newest = newest, None
-                yield answer
-            elif reader.done():
-                reader.result()  # raises what ended the reading
-                return
-            else:
-                await due.wait()
-                due.clear()
-    finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await reader
+async def opening(requests: AsyncIterator[cpb.SessionUp]) -> cpb.SessionRequest:
+    """The SessionRequest a session's stream opens with (InvalidArgument if it does not)."""
+    first = await anext(requests, None)
+    if first is None or not first.HasField("open"):
+        raise InvalidArgument("a session opens with its SessionRequest (SessionUp.open), "
+                              "then sends heartbeats")
+    return first.open
 
 
 def _dispatcher(host: ManagerHost) -> Dispatcher:
@@ -341,37 +303,18 @@ class DispatcherServicer(cpb_grpc.DispatcherServicer):
 
     @user_errors
     @_redirects
-    async def Session(self, request: cpb.SessionRequest,
+    async def Session(self, requests: AsyncIterator[cpb.SessionUp],
                       context: Any) -> AsyncIterator[cpb.SessionMessage | Serialized]:
-        async for message in _dispatcher(self.host).session(request):
+        requests = aiter(requests)  # read on by the session: its heartbeats
+        request = await opening(requests)
+        async for message in _dispatcher(self.host).session(request, requests):
             yield message
-
-    @user_errors
-    @_redirects
-    async def Heartbeats(self, requests: AsyncIterator[cpb.HeartbeatRequest],
-                         context: Any) -> AsyncIterator[cpb.HeartbeatResponse]:
-        async for answer in answer_heartbeats(
-                requests, lambda request: _dispatcher(self.host).heartbeat(request)):
-            yield answer
 
     @user_errors
     @_redirects
     async def UpdateTaskStatus(self, request: cpb.UpdateTaskStatusRequest,
                                context: Any) -> cpb.UpdateTaskStatusResponse:
         return await _dispatcher(self.host).update_task_status(request)
-
-
-def _denials(method: Callable[..., Any]) -> Callable[..., Any]:
-    """PermissionDenied as PERMISSION_DENIED (inside user_errors, which knows no such code)."""
-
-    async def guarded(self: Any, request: Any, context: Any) -> Any:
-        try:
-            return await method(self, request, context)
-        except ca.PermissionDenied as exc:
-            await abort(context, exc, grpc.StatusCode.PERMISSION_DENIED)
-
-    guarded.__name__ = method.__name__
-    return guarded
 
 
 class NodeCAServicer(ca_pb2_grpc.NodeCAServicer):
@@ -388,7 +331,6 @@ class NodeCAServicer(ca_pb2_grpc.NodeCAServicer):
         return ca_pb2.GetRootCACertificateResponse(certificate=cluster.root_ca.ca_cert)
 
     @user_errors
-    @_denials
     async def IssueNodeCertificate(self, request: ca_pb2.IssueNodeCertificateRequest,
                                    context: Any) -> ca_pb2.IssueNodeCertificateResponse:
         m = _manager(self.host)

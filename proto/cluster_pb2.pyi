@@ -387,19 +387,17 @@ class EndpointTask(_message.Message):
     networks: _containers.RepeatedCompositeFieldContainer[_objects_pb2.NetworkAttachment]
     def __init__(self, task_id: _Optional[str] = ..., node_id: _Optional[str] = ..., name: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[_objects_pb2.NetworkAttachment, _Mapping]]] = ...) -> None: ...
 
-class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "session_id")
-    NODE_ID_FIELD_NUMBER: _ClassVar[int]
-    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
-    node_id: str
-    session_id: str
-    def __init__(self, node_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+class SessionUp(_message.Message):
+    __slots__ = ("open", "heartbeat")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    open: SessionRequest
+    heartbeat: Heartbeat
+    def __init__(self, open: _Optional[_Union[SessionRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
-class HeartbeatResponse(_message.Message):
-    __slots__ = ("period_ms",)
-    PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
-    period_ms: int
-    def __init__(self, period_ms: _Optional[int] = ...) -> None: ...
+class Heartbeat(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class TaskStatusUpdate(_message.Message):
     __slots__ = ("task_id", "status")

@@ -861,15 +861,10 @@ class DispatcherStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Session = channel.unary_stream(
+        self.Session = channel.stream_stream(
                 '/pyswarm.cluster.v1.Dispatcher/Session',
-                request_serializer=cluster__pb2.SessionRequest.SerializeToString,
+                request_serializer=cluster__pb2.SessionUp.SerializeToString,
                 response_deserializer=cluster__pb2.SessionMessage.FromString,
-                _registered_method=True)
-        self.Heartbeats = channel.stream_stream(
-                '/pyswarm.cluster.v1.Dispatcher/Heartbeats',
-                request_serializer=cluster__pb2.HeartbeatRequest.SerializeToString,
-                response_deserializer=cluster__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
         self.UpdateTaskStatus = channel.unary_unary(
                 '/pyswarm.cluster.v1.Dispatcher/UpdateTaskStatus',
@@ -883,24 +878,24 @@ class DispatcherServicer:
 
     """
 
-    def Session(self, request, context):
-        """Session registers the node and streams its assignments: first the COMPLETE set of
-        tasks the node must run (and the secrets/configs they use), then INCREMENTAL changes.
+    def Session(self, request_iterator, context):
+        """Session is the node's one stream with the manager. The node's first message opens it
+        (`open`); the manager answers with the COMPLETE set of tasks the node must run (and
+        the secrets/configs they use), then INCREMENTAL changes and the node's NetworkState.
         The node runs what it is sent; a task absent from a COMPLETE set is to be removed.
+
+        Every later message of the node is a heartbeat, one a period: they keep the node
+        READY, and a node whose heartbeats stop for 3 periods is DOWN and its tasks are
+        replaced elsewhere. The manager hears each as it arrives (reading never waits for
+        writing) and answers with a SessionMessage of the period alone, one waiting at a
+        time: heartbeats heard while one waits to be sent are not answered again. Any message of
+        the session is a word from the manager; a node that hears none for 10 periods gives
+        the session up. (Heartbeats had a stream of their own per session, and before that a
+        call each: a second stream per node cost a manager 30 MB and a tenth of a core at a
+        thousand nodes, README.md, "Scale".)
+
         The session ends when the stream ends; the node then reconnects with backoff and
         keeps its containers running meanwhile.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Heartbeats(self, request_iterator, context):
-        """Heartbeats keep the node READY: one stream per session, a HeartbeatRequest every
-        period. The manager hears each as it arrives; its answers carry the period until the
-        next one, and are merged (the newest only) while the connection is slow to take them.
-        A node whose heartbeats stop for 3 periods is DOWN and its tasks are replaced
-        elsewhere. One stream, not a call per heartbeat: a message on it costs the manager a
-        third of what a call did (README.md, "Scale").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -917,15 +912,10 @@ class DispatcherServicer:
 
 def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Session': grpc.unary_stream_rpc_method_handler(
+            'Session': grpc.stream_stream_rpc_method_handler(
                     servicer.Session,
-                    request_deserializer=cluster__pb2.SessionRequest.FromString,
+                    request_deserializer=cluster__pb2.SessionUp.FromString,
                     response_serializer=cluster__pb2.SessionMessage.SerializeToString,
-            ),
-            'Heartbeats': grpc.stream_stream_rpc_method_handler(
-                    servicer.Heartbeats,
-                    request_deserializer=cluster__pb2.HeartbeatRequest.FromString,
-                    response_serializer=cluster__pb2.HeartbeatResponse.SerializeToString,
             ),
             'UpdateTaskStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateTaskStatus,
@@ -946,34 +936,7 @@ class Dispatcher:
     """
 
     @staticmethod
-    def Session(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/pyswarm.cluster.v1.Dispatcher/Session',
-            cluster__pb2.SessionRequest.SerializeToString,
-            cluster__pb2.SessionMessage.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Heartbeats(request_iterator,
+    def Session(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -986,9 +949,9 @@ class Dispatcher:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/pyswarm.cluster.v1.Dispatcher/Heartbeats',
-            cluster__pb2.HeartbeatRequest.SerializeToString,
-            cluster__pb2.HeartbeatResponse.FromString,
+            '/pyswarm.cluster.v1.Dispatcher/Session',
+            cluster__pb2.SessionUp.SerializeToString,
+            cluster__pb2.SessionMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -160,15 +160,16 @@ class SimNode:
         as far as their versions (proto/sim.proto says why)."""
         if isinstance(self.network, NetworkView):
             return cpb_grpc.DispatcherStub(channel).Session
-        return channel.unary_stream(
-            SESSION_METHOD, request_serializer=cpb.SessionRequest.SerializeToString,
+        return channel.stream_stream(
+            SESSION_METHOD, request_serializer=cpb.SessionUp.SerializeToString,
             response_deserializer=sim_pb2.SessionMessageVersions.FromString)
 
     async def _session(self, stub: Any, open_session: Any) -> None:
-        call = open_session(cpb.SessionRequest(node_id=self.node_id,
-                                               description=self.description, addr=self.addr))
+        call = open_session()
         helpers = Helpers(call)
         try:
+            await call.write(cpb.SessionUp(open=cpb.SessionRequest(
+                node_id=self.node_id, description=self.description, addr=self.addr)))
             async for message in call:
                 self._heard = time.monotonic()  # a word from the manager (send_heartbeats)
                 if message.session_id != self._session_id:
@@ -176,14 +177,14 @@ class SimNode:
                     self.stats.sessions += 1
                     self._last_beat = time.monotonic()
                     helpers.start(
-                        send_heartbeats(stub, self.node_id, self._session_id,
-                                        lambda: self.period, self._heartbeat_answered,
-                                        lambda: self._heard),
+                        send_heartbeats(call, lambda: self.period, lambda: self._heard),
                         send_reports(stub, self.node_id, self._session_id, self._outbox,
                                      answered=self._report_answered))
                     self._outbox.ready.set()
                     self.connected.set()
                 self.period = message.heartbeat_period_ms / 1000 or self.period
+                if not (message.HasField("assignments") or message.HasField("network")):
+                    self._heartbeat_answered()
                 if message.HasField("assignments"):
                     self._apply(message.assignments)
                 if message.HasField("network"):
@@ -200,7 +201,7 @@ class SimNode:
             helpers.stop()
             self._session_id = ""
 
-    def _heartbeat_answered(self, answer: cpb.HeartbeatResponse) -> None:
+    def _heartbeat_answered(self) -> None:
         now = time.monotonic()
         self.stats.heartbeats += 1
         self.stats.worst_heartbeat_gap = max(self.stats.worst_heartbeat_gap,

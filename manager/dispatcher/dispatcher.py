@@ -7,8 +7,12 @@ Policy:
 - One watch serves every session: each commit's task events are routed by node id, and
   only the sessions of nodes a commit touched recompute their set. (A watch per session
   made every commit cost O(sessions): a million wake-ups to join a thousand nodes.)
-- Heartbeats live in memory only: a heartbeat never writes to the store. The node's state
-  is written when it changes (READY on a session, DOWN when its heartbeats stop).
+- Heartbeats come on the session's own stream (proto/cluster.proto) and live in memory
+  only: a heartbeat never writes to the store. The node's state is written when it
+  changes (READY on a session, DOWN when its heartbeats stop). Each session reads its
+  heartbeats as they arrive, whatever it is sending meanwhile, and answers them one at a
+  time: an answer waits in the session's queue behind what was queued before it, and
+  heartbeats heard while it waits are not answered again (they are when it has left).
 - A node whose heartbeats stop for `heartbeat_misses` periods is DOWN; the orchestrator
   then replaces its tasks elsewhere at once. After a manager start every known node gets
   `reconnect_grace` to come back before that happens. The wait grows by what the manager
@@ -34,17 +38,20 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from pyswarm.common import taskstate
-from pyswarm.common.errors import NotFound
+from pyswarm.common.errors import InvalidArgument, NotFound, PermissionDenied
 from pyswarm.manager.config import ManagerConfig
 from pyswarm.manager.dispatcher import assignments as asg
 from pyswarm.manager.dispatcher.netpush import NetworkPush, Serialized, session_message
 from pyswarm.manager.dispatcher.probe import IngressProbe
+from pyswarm.manager.security.ca import removed
 from pyswarm.manager.store import Event, Store, Watch, WriteTx
 from pyswarm.manager.store.errors import NotLeader
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
 
 N = opb.NodeState
+# In a session's queue: "answer the heartbeats heard" (a SessionMessage of the period).
+ANSWER = "answer"
 # Lateness of the liveness loop's own wake-up (seconds) past which it counts as a manager
 # stall, given back to every node's heartbeat deadline.
 STALL_TOLERANCE = 0.05
@@ -54,10 +61,12 @@ STALL_TOLERANCE = 0.05
 class _Session:
     id: str
     node_id: str
-    queue: asyncio.Queue[cpb.SessionMessage | Serialized | bool | None] = field(
+    queue: asyncio.Queue[cpb.SessionMessage | Serialized | bool | str | None] = field(
         default_factory=asyncio.Queue)
     # What the node was last sent: task id -> fingerprint (assignments.diff).
     sent: dict[str, tuple[int, int]] = field(default_factory=dict)
+    answering: bool = False  # an ANSWER is in the queue
+    failure: Exception | None = None  # what ended the session, if not the node or a DOWN
 
     def end(self, network: NetworkPush) -> None:
         """End the session: its stream returns when it next reads its queue, and any turn
@@ -88,7 +97,6 @@ class Dispatcher:
         self._last_beat: dict[str, float] = {}
         self._liveness: asyncio.Task[None] | None = None
         self._router: asyncio.Task[None] | None = None
-        self._removal_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._downs: collections.deque[float] = collections.deque()  # recent DOWN marks
         self._held_since: dict[str, float] = {}  # nodes held by _hold_mass_failure
         self._marked_down: dict[str, float] = {}  # node -> when it was marked DOWN (recent)
@@ -137,10 +145,13 @@ class Dispatcher:
 
     # ---- sessions ------------------------------------------------------------------------
 
-    async def session(self, request: cpb.SessionRequest
+    async def session(self, request: cpb.SessionRequest,
+                      heartbeats: AsyncIterator[cpb.SessionUp] | None = None,
                       ) -> AsyncIterator[cpb.SessionMessage | Serialized]:
         """The node's session: its messages, network states among them already serialized
-        (netpush.Serialized)."""
+        (netpush.Serialized), and answers to the `heartbeats` (the node's later messages on
+        the stream), which are heard as they come. The session ends when they end, with
+        what ended them (a message that is not a heartbeat: InvalidArgument)."""
         node_id = request.node_id
         if not node_id:
             raise NotFound("a session needs the node's id")
@@ -153,6 +164,7 @@ class Dispatcher:
             old.end(self.network)  # a node has one session: the newest wins
         self._sessions[node_id] = session
         self._last_beat[node_id] = time.monotonic()
+        hearing = asyncio.create_task(self._hear(session, heartbeats)) if heartbeats else None
         try:
             # No await between reading the set and registering the session: every later
             # commit reaches it through the router.
@@ -168,7 +180,14 @@ class Dispatcher:
             while True:
                 item = await session.queue.get()
                 if item is None:
+                    if session.failure is not None:
+                        raise session.failure
                     return
+                if item == ANSWER:
+                    session.answering = False  # heartbeats heard from now on: another
+                    yield cpb.SessionMessage(session_id=session.id,
+                                             heartbeat_period_ms=self.period_ms)
+                    continue
                 turn = item is True
                 if turn:
                     # The state in its turn (netpush.py); until then the queue's other
@@ -187,9 +206,26 @@ class Dispatcher:
                 if turn:
                     self.network.sent(session.id)
         finally:
+            if hearing is not None:
+                hearing.cancel()
             self.network.remove(session.id)
             if self._sessions.get(node_id) is session:
                 del self._sessions[node_id]
+
+    async def _hear(self, session: _Session, heartbeats: AsyncIterator[cpb.SessionUp]) -> None:
+        """Hear a session's heartbeats until they end; then end the session (with the
+        error, if one ended them)."""
+        try:
+            async for up in heartbeats:
+                if not up.HasField("heartbeat"):
+                    raise InvalidArgument("a session is opened once: after its first "
+                                          "message a node sends only heartbeats on it")
+                self._beat(session)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the session's stream reports it
+            session.failure = exc
+        session.end(self.network)
 
     def _tasks_of(self, node_id: str) -> list[opb.Task]:
         return [t for t in self.store.view().find("task", node_id=node_id)
@@ -224,25 +260,16 @@ class Dispatcher:
         finally:
             watch.close()
 
-    async def removed(self, node_id: str) -> None:
-        """Return once the node is deleted from the store (at once if it is not there)."""
-        if self.store.view().get("node", node_id) is None:
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._removal_waiters.setdefault(node_id, []).append(waiter)
-        try:
-            await waiter
-        finally:
-            waiters = self._removal_waiters.get(node_id, [])
-            if waiter in waiters:
-                waiters.remove(waiter)
-            if not waiters:
-                self._removal_waiters.pop(node_id, None)
-
     def _node_removed(self, node_id: str) -> None:
-        for waiter in self._removal_waiters.get(node_id, []):
-            if not waiter.done():
-                waiter.set_result(None)
+        """A node deleted from the store (`node rm`): its session ends PERMISSION_DENIED,
+        which its agent reports, and a new one is refused (security/authz.py)."""
+        session = self._sessions.pop(node_id, None)
+        self._last_beat.pop(node_id, None)
+        if session is not None:
+            print(f"pyswarm manager: ended the session of node {node_id}: it was removed "
+                  "from the swarm", flush=True)
+            session.failure = PermissionDenied(removed(node_id))
+            session.end(self.network)
 
     def _register(self, tx: WriteTx, request: cpb.SessionRequest) -> None:
         node = tx.get("node", request.node_id)
@@ -269,18 +296,21 @@ class Dispatcher:
 
     # ---- heartbeats ------------------------------------------------------------------------
 
-    def heartbeat(self, request: cpb.HeartbeatRequest) -> cpb.HeartbeatResponse:
-        session = self._sessions.get(request.node_id)
-        if session is None or session.id != request.session_id:
-            raise NotFound("session invalid: open a new session")
+    def _beat(self, session: _Session) -> None:
+        """A heartbeat of the session's node: it is alive now; answered once the answer
+        already due (if any) is on its way."""
+        if self._sessions.get(session.node_id) is not session:
+            return  # the session is over (replaced, or its node marked DOWN): it ends
         now = time.monotonic()
-        previous = self._last_beat.get(request.node_id)
+        previous = self._last_beat.get(session.node_id)
         if previous is not None:
             self.store.metrics.peak("dispatcher_heartbeat_gap_seconds", now - previous)
-        self._last_beat[request.node_id] = now
-        self._held_since.pop(request.node_id, None)
+        self._last_beat[session.node_id] = now
+        self._held_since.pop(session.node_id, None)
         self.store.metrics.add("dispatcher_heartbeats")
-        return cpb.HeartbeatResponse(period_ms=self.period_ms)
+        if not session.answering:
+            session.answering = True
+            session.queue.put_nowait(ANSWER)
 
     async def _watch_liveness(self) -> None:
         while True:

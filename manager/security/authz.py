@@ -5,8 +5,9 @@ this cluster's root CA (and a certificate from any other CA fails the handshake)
 - NodeCA: anyone (a joining node has no certificate yet; it proves itself with a token).
 - grpc.health.v1.Health: anyone the TLS layer let in. It says only that the manager
   serves; the manager probes itself with it (dispatcher/probe.py).
-- Dispatcher: a node certificate whose node id (CN) is the request's node_id, for a node
-  that is still a member: a removed node is refused, whatever its certificate says.
+- Dispatcher: a node certificate whose node id (CN) is the request's node_id (a
+  session's: its first message's), for a node that is still a member: a removed node is
+  refused, whatever its certificate says.
 - Control: a manager's certificate. A worker's is refused, and so is Init/Join, which act on
   a node's own daemon and are only served on its root-only Unix socket.
 The Unix socket is not subject to this: it is root-only and trusted with everything.
@@ -75,7 +76,8 @@ def authorize(method: str, caller: Caller | None, request: object, cluster_id: s
             raise PermissionDenied(WORKER_CONTROL)
         return
     if service == "Dispatcher":
-        node_id = str(getattr(request, "node_id", ""))
+        opening = getattr(request, "open", None)  # a session's first message (SessionUp)
+        node_id = str(getattr(request if opening is None else opening, "node_id", ""))
         if node_id != caller.node_id:
             raise PermissionDenied(f"node {caller.node_id} cannot act for node "
                                    f"{node_id or '(none)'}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import secrets
 
 from pyswarm.common import pki
-from pyswarm.common.errors import FailedPrecondition, InvalidArgument, PyswarmError
+from pyswarm.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from pyswarm.manager.store import ReadTx, WriteTx
 from pyswarm.proto import objects_pb2 as opb
 
@@ -26,10 +26,6 @@ ONE_MANAGER = ("this cluster's store is sqlite (embedded in its manager), so it 
                "one manager; use pyswarm init --store etcd://HOST:PORT to run several managers")
 BAD_TOKEN = ("the join token is not valid for this swarm (wrong, or rotated out): get the "
              'current one from a manager with "pyswarm join-token worker|manager"')
-
-
-class PermissionDenied(PyswarmError):
-    """The caller may not do this (wrong token, wrong certificate, removed node)."""
 
 
 def removed(node_id: str) -> str:

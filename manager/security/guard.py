@@ -1,7 +1,6 @@
 """The gRPC side of authz: a server interceptor that checks every call on the TLS port
-against the policy (authz.authorize) before the servicer runs (each message of a stream of
-requests before the servicer reads it), and ends the session of a node removed while it is
-connected.
+against the policy (authz.authorize) before the servicer runs (a node's session: its first
+message, which names the node; the rest are that node's heartbeats).
 
 A refusal is PERMISSION_DENIED with the policy's message, and is logged with the caller's
 node id: a worker trying the control API, or a removed node knocking, is worth seeing.
@@ -9,8 +8,6 @@ node id: a worker trying the control API, or a removed node knocking, is worth s
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,7 +16,7 @@ import grpc
 from pyswarm.common.rpc import SESSION_METHOD, abort
 from pyswarm.manager.manager import Manager
 from pyswarm.manager.security import authz
-from pyswarm.manager.security.ca import PermissionDenied, removed
+from pyswarm.manager.security.ca import PermissionDenied
 
 
 def _log(message: str) -> None:
@@ -38,10 +35,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method: str = details.method
-        if handler.stream_stream is not None:
-            return self._checked_stream(method, handler)
         if handler.request_streaming:
-            return None  # no such RPC is served here: refused as unknown, never unchecked
+            if method == SESSION_METHOD and handler.response_streaming:
+                return self._checked_session(method, handler)
+            return None  # no other such RPC is served here: refused as unknown, never unchecked
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
@@ -54,31 +51,30 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         stream = handler.unary_stream
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            caller = await self._check(method, request, context)
-            items = stream(request, context)
-            if method == SESSION_METHOD and caller is not None:
-                items = self._until_removed(items, caller.node_id, context)
-            async for item in items:
+            await self._check(method, request, context)
+            async for item in stream(request, context):
                 yield item
 
         return grpc.unary_stream_rpc_method_handler(
             streaming, handler.request_deserializer, handler.response_serializer)
 
-    def _checked_stream(self, method: str, handler: Any) -> Any:
-        """A stream of requests (Dispatcher/Heartbeats) is checked a message at a time: each
-        one may only act for the certificate's own node, which must still be a member."""
+    def _checked_session(self, method: str, handler: Any) -> Any:
+        """A node's session (Dispatcher/Session): its first message is checked before the
+        servicer reads it, and may only open a session for the certificate's own node,
+        which must still be a member. Its later messages are that node's heartbeats (the
+        servicer takes nothing else). The dispatcher ends the session of a node removed
+        meanwhile."""
         inner = handler.stream_stream
 
         async def streaming(requests: AsyncIterator[Any],
                             context: grpc.aio.ServicerContext) -> Any:
             caller = authz.caller_of(dict(context.auth_context()))
-
-            async def checked() -> AsyncIterator[Any]:
-                async for request in requests:
-                    await self._authorize(method, caller, request, context)
-                    yield request
-
-            async for item in inner(checked(), context):
+            requests = aiter(requests)
+            first = await anext(requests, None)
+            if first is None:
+                return
+            await self._authorize(method, caller, first, context)
+            async for item in inner(_Prepended(first, requests), context):
                 yield item
 
         return grpc.stream_stream_rpc_method_handler(
@@ -108,46 +104,24 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             _log(f"refused {method.rpartition('.')[2]} from {who}: {exc}")
             await abort(context, exc, grpc.StatusCode.PERMISSION_DENIED)
 
-    async def _until_removed(self, items: AsyncIterator[Any], node_id: str,
-                             context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        """The session's messages, until the node is removed from the store: then the
-        session ends with PERMISSION_DENIED, which the node's agent reports."""
-        manager = self._manager()
-        assert manager is not None
-        dispatcher = manager.dispatcher
-        if dispatcher is None:  # a follower: the servicer refuses (servicers._redirects)
-            async for item in items:
-                yield item
-            return
-        gone = asyncio.create_task(dispatcher.removed(node_id))
-        step: asyncio.Future[Any] | None = None
-        try:
-            while True:
-                step = asyncio.ensure_future(anext(items))
-                await asyncio.wait({step, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if step.done():
-                    try:
-                        yield step.result()
-                    except StopAsyncIteration:
-                        return
-                    continue
-                step.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await step
-                _log(f"ended the session of node {node_id}: it was removed from the swarm")
-                await abort(context, PermissionDenied(removed(node_id)),
-                            grpc.StatusCode.PERMISSION_DENIED)
-        finally:
-            gone.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gone
-            if step is not None:
-                # The stream ended (the node went) while a message was awaited: that
-                # step ends here, and its outcome is retrieved, not left to the loop.
-                step.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration,
-                                         Exception):
-                    await step
-            aclose = getattr(items, "aclose", None)
-            if aclose is not None:
-                await aclose()
+
+class _Prepended:
+    """`first`, then the rest of `requests`: the stream as the servicer would have read it
+    (each later message straight from gRPC, not through another generator)."""
+
+    def __init__(self, first: Any, requests: AsyncIterator[Any]) -> None:
+        self._first: Any = first
+        self._requests = requests
+
+    def __aiter__(self) -> _Prepended:
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        if self._first is None:
+            return self._requests.__anext__()
+        first, self._first = self._first, None
+        return _now(first)
+
+
+async def _now(value: Any) -> Any:
+    return value

@@ -211,15 +211,15 @@ def test_a_worker_certificate_cannot_call_control_nor_act_for_another_node(swarm
             assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert caught.value.details() == ("a worker node's certificate cannot call the "
                                               "control API")
-        # A stream of requests is checked too (each message: tests/unit/test_pki_authz.py).
+        # A session is checked at the message that opens it (tests/unit/test_pki_authz.py).
         with pytest.raises(grpc.RpcError) as caught:
-            list(cpb_grpc.DispatcherStub(ch).Heartbeats(
-                iter([cpb.HeartbeatRequest(node_id="someone-else")]), timeout=10))
+            list(cpb_grpc.DispatcherStub(ch).Session(iter([cpb.SessionUp(
+                open=cpb.SessionRequest(node_id="someone-else"))]), timeout=10))
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     log = swarm.manager.log_path.read_text()
     assert (f"refused Control/ListNodes from node {node_id} (worker): a worker node's "
             f"certificate cannot call the control API") in log
-    assert (f"refused Dispatcher/Heartbeats from node {node_id} (worker): node {node_id} "
+    assert (f"refused Dispatcher/Session from node {node_id} (worker): node {node_id} "
             f"cannot act for node someone-else") in log
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
-from pyswarm.common.errors import NotFound
+from pyswarm.common.errors import InvalidArgument, NotFound
 from pyswarm.manager.allocator import networks as nets
 from pyswarm.manager.config import ManagerConfig
 from pyswarm.manager.dispatcher.dispatcher import Dispatcher
@@ -19,7 +19,7 @@ from pyswarm.manager.dispatcher.netpush import (
     serialize_session,
     session_message,
 )
-from pyswarm.manager.servicers import answer_heartbeats
+from pyswarm.manager.servicers import opening
 from pyswarm.manager.store import MemoryBackend, Store
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
@@ -45,6 +45,39 @@ def shut_down(tx: Any, task_id: str) -> None:
 
 def run(body: Any) -> None:
     asyncio.run(asyncio.wait_for(body, 10))
+
+
+HEARTBEAT = cpb.SessionUp(heartbeat=cpb.Heartbeat())
+
+
+class Beats:
+    """A node's messages on its session stream after the first (proto/cluster.proto's
+    Session), as a test sends them: `beat()` a heartbeat, `send()` anything; `heard()`
+    returns once the dispatcher has read all of them."""
+
+    def __init__(self) -> None:
+        self._sent: asyncio.Queue[cpb.SessionUp] = asyncio.Queue()
+        self._put = self._taken = 0
+
+    def __aiter__(self) -> Any:
+        return self._read()
+
+    async def _read(self) -> Any:
+        while True:
+            up = await self._sent.get()
+            self._taken += 1  # the dispatcher acts on it before it reads again
+            yield up
+
+    def send(self, up: cpb.SessionUp) -> None:
+        self._sent.put_nowait(up)
+        self._put += 1
+
+    def beat(self) -> None:
+        self.send(HEARTBEAT)
+
+    async def heard(self) -> None:
+        while self._taken < self._put:
+            await asyncio.sleep(0.001)
 
 
 async def next_message(stream: Any) -> cpb.SessionMessage:
@@ -99,57 +132,70 @@ def test_session_sends_the_complete_set_then_changes() -> None:
 def test_missed_heartbeats_mark_the_node_down() -> None:
     async def body() -> None:
         store, d = await _setup()
-        stream = d.session(cpb.SessionRequest(node_id="n2"))
-        first = await anext(stream)
+        beats = Beats()
+        stream = d.session(cpb.SessionRequest(node_id="n2"), beats)
+        await anext(stream)
         for _ in range(4):
-            d.heartbeat(cpb.HeartbeatRequest(node_id="n2", session_id=first.session_id))
+            beats.beat()
             await asyncio.sleep(FAST.heartbeat_period)
         assert store.view().get("node", "n2").status.state == opb.NODE_STATE_READY
         await asyncio.sleep(FAST.down_after + 3 * FAST.heartbeat_period)
         assert store.view().get("node", "n2").status.state == opb.NODE_STATE_DOWN
-        with pytest.raises(NotFound):
-            d.heartbeat(cpb.HeartbeatRequest(node_id="n2", session_id=first.session_id))
+        # Its session is over: the node opens a new one (a late heartbeat is not heard).
+        with pytest.raises(StopAsyncIteration):
+            while True:
+                message = await next_message(stream)
+                assert not message.HasField("assignments"), message
         await d.stop()
 
     run(body())
 
 
-def test_heartbeats_on_a_stream_are_heard_while_their_answers_wait() -> None:
-    """The manager's side of a Heartbeats stream (servicers.answer_heartbeats): each
-    heartbeat is heard as it arrives, even while the connection takes no answer; only the
-    newest answer waits; what refuses a heartbeat ends the stream after it."""
+def test_heartbeats_are_heard_while_their_answers_wait() -> None:
+    """A session hears each heartbeat as it arrives, even while the connection takes none
+    of its messages; one answer waits at a time, behind what was queued before it."""
     async def body() -> None:
         store, d = await _setup()
-        stream = d.session(cpb.SessionRequest(node_id="n2"))  # referred to: it stays open
+        beats = Beats()
+        stream = d.session(cpb.SessionRequest(node_id="n2"), beats)
         first = await anext(stream)
-        arrived: asyncio.Queue[cpb.HeartbeatRequest] = asyncio.Queue()
-
-        async def requests() -> Any:
-            while True:
-                yield await arrived.get()
-
-        def beat() -> None:
-            arrived.put_nowait(cpb.HeartbeatRequest(node_id="n2", session_id=first.session_id))
-
+        beats.beat()
+        answer = await next_assignments(stream)  # after the node's first network state
+        assert answer == cpb.SessionMessage(session_id=first.session_id,
+                                            heartbeat_period_ms=d.period_ms)
         heard: list[float] = []
-
-        def hear(request: cpb.HeartbeatRequest) -> cpb.HeartbeatResponse:
+        for _ in range(3):  # nobody takes a message meanwhile: a slow connection
+            beats.beat()
+            await beats.heard()
             heard.append(d._last_beat["n2"])
-            answer = d.heartbeat(request)
-            answer.period_ms = len(heard)  # which heartbeat this answers
-            return answer
-
-        answers = answer_heartbeats(requests(), hear)
-        beat()
-        assert (await anext(answers)).period_ms == 1
-        for _ in range(3):  # nobody takes an answer meanwhile: a slow connection
-            beat()
             await asyncio.sleep(FAST.heartbeat_period)
-        assert len(heard) == 4 and d._last_beat["n2"] > heard[-1]
-        assert (await anext(answers)).period_ms == 4  # the newest only
-        arrived.put_nowait(cpb.HeartbeatRequest(node_id="n2", session_id="gone"))
-        with pytest.raises(NotFound):
-            await anext(answers)
+        assert heard == sorted(heard) and len(set(heard)) == 3
+        await store.update(lambda tx: tx.create(task("t3", "n2")))
+        await asyncio.sleep(FAST.heartbeat_period)
+        # What waited: one answer, for the three heartbeats, then the new task (and the
+        # network states), and nothing else.
+        assert await next_message(stream) == answer
+        assert [t.id for t in (await next_assignments(stream)).assignments.update] == ["t3"]
+        assert store.view().get("node", "n2").status.state == opb.NODE_STATE_READY
+        beats.beat()
+        assert await next_assignments(stream) == answer
+        await stream.aclose()
+        await d.stop()
+
+    run(body())
+
+
+def test_a_session_that_sends_anything_but_heartbeats_ends_with_the_reason() -> None:
+    async def body() -> None:
+        store, d = await _setup()
+        beats = Beats()
+        stream = d.session(cpb.SessionRequest(node_id="n2"), beats)
+        await anext(stream)
+        beats.send(cpb.SessionUp(open=cpb.SessionRequest(node_id="n2")))
+        with pytest.raises(InvalidArgument, match="only heartbeats"):
+            while True:
+                await next_message(stream)
+        assert "n2" not in d._sessions
         await d.stop()
 
     run(body())
@@ -483,16 +529,17 @@ def test_a_node_marked_down_gives_up_its_turn_even_while_its_stream_is_stuck() -
         gone = d.session(cpb.SessionRequest(node_id="n1", addr="198.18.0.1"))
         await anext(gone)
         assert (await next_message(gone)).HasField("network")  # its turn; never read on
-        alive = d.session(cpb.SessionRequest(node_id="n2", addr="198.18.0.2"))
-        session_id = (await anext(alive)).session_id
+        beats = Beats()
+        alive = d.session(cpb.SessionRequest(node_id="n2", addr="198.18.0.2"), beats)
+        await anext(alive)
 
         async def beat() -> None:
             while True:
-                d.heartbeat(cpb.HeartbeatRequest(node_id="n2", session_id=session_id))
+                beats.beat()
                 await asyncio.sleep(0.05)
 
         beating = asyncio.create_task(beat())
-        waiting = asyncio.ensure_future(next_message(alive))
+        waiting = asyncio.ensure_future(next_network(alive))
         await asyncio.sleep(0.2)
         assert not waiting.done(), "expected n2 to wait for n1's turn"
         assert (await asyncio.wait_for(waiting, 5)).HasField("network")
@@ -502,5 +549,24 @@ def test_a_node_marked_down_gives_up_its_turn_even_while_its_stream_is_stuck() -
             await stream.aclose()
         await d.stop()
         await c.stop()
+
+    run(body())
+
+
+def test_a_session_opens_with_its_request_or_is_refused() -> None:
+    """The servicer's side (servicers.opening): a node's first message on the Session
+    stream is its SessionRequest; anything else, or nothing, is INVALID_ARGUMENT."""
+    async def first_of(*messages: cpb.SessionUp) -> cpb.SessionRequest:
+        async def stream() -> Any:
+            for message in messages:
+                yield message
+        return await opening(stream())
+
+    async def body() -> None:
+        request = cpb.SessionRequest(node_id="n1", addr="198.18.0.1")
+        assert await first_of(cpb.SessionUp(open=request), HEARTBEAT) == request
+        for messages in ((HEARTBEAT, cpb.SessionUp(open=request)), ()):
+            with pytest.raises(InvalidArgument, match="opens with its SessionRequest"):
+                await first_of(*messages)
 
     run(body())

@@ -10,12 +10,15 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
+from pyswarm.common.errors import PermissionDenied
 from pyswarm.manager.config import ManagerConfig
 from pyswarm.manager.dispatcher.dispatcher import Dispatcher
 from pyswarm.manager.store import MemoryBackend, Store
 from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import objects_pb2 as opb
-from tests.unit.test_dispatcher import FAST, next_assignments, run, shut_down, task
+from tests.unit.test_dispatcher import FAST, Beats, next_assignments, run, shut_down, task
 
 S = opb.TaskState
 READY, DOWN = opb.NODE_STATE_READY, opb.NODE_STATE_DOWN
@@ -91,18 +94,24 @@ def test_a_commit_reaches_only_the_sessions_of_the_nodes_it_touched() -> None:
     run(body())
 
 
-def test_removed_returns_when_the_node_is_deleted() -> None:
+def test_a_removed_node_s_session_ends_permission_denied_and_others_go_on() -> None:
     async def body() -> None:
-        store, d = await _cluster(1, 0)
-        stream = d.session(cpb.SessionRequest(node_id="n0"))
-        await anext(stream)
-        await asyncio.wait_for(d.removed("nobody"), 1)  # not a member: at once
-        waiter = asyncio.create_task(d.removed("n0"))
-        await asyncio.sleep(0.05)
-        assert not waiter.done()
+        store, d = await _cluster(2, 1)
+        beats = [Beats(), Beats()]
+        streams = [d.session(cpb.SessionRequest(node_id=f"n{n}"), beats[n]) for n in (0, 1)]
+        for stream in streams:
+            await anext(stream)
         await store.update(lambda tx: tx.delete("node", "n0"))
-        await asyncio.wait_for(waiter, 2)
-        await stream.aclose()
+        with pytest.raises(PermissionDenied, match="node n0 has been removed from the swarm"):
+            while True:
+                await anext(streams[0])
+        beats[0].beat()  # a heartbeat still on its way is not heard
+        await asyncio.sleep(0.05)
+        assert "n0" not in d._last_beat and "n0" not in d._sessions
+        await store.update(lambda tx: tx.create(task("t1-new", "n1")))
+        assert [t.id for t in (await next_assignments(streams[1])).assignments.update] == [
+            "t1-new"]
+        await streams[1].aclose()
         await d.stop()
 
     run(body())
@@ -111,22 +120,23 @@ def test_removed_returns_when_the_node_is_deleted() -> None:
 def test_a_stall_of_the_manager_does_not_mark_its_nodes_down() -> None:
     async def body() -> None:
         store, d = await _cluster(1, 1)
-        stream = d.session(cpb.SessionRequest(node_id="n0"))
-        first = await anext(stream)
-        beat = cpb.HeartbeatRequest(node_id="n0", session_id=first.session_id)
+        beats = Beats()
+        stream = d.session(cpb.SessionRequest(node_id="n0"), beats)
+        await anext(stream)
         for _ in range(2):  # a working cluster first: the liveness check is running
-            d.heartbeat(beat)
+            beats.beat()
             await asyncio.sleep(FAST.heartbeat_period)
-        d.heartbeat(beat)
+        beats.beat()
+        await beats.heard()
         # The manager's loop is blocked for 4 missed-heartbeat windows (a long pass, a slow
         # disk): the node's heartbeats could not be heard meanwhile. The liveness check runs
         # before the first heartbeat that was waiting.
         time.sleep(FAST.down_after * 4)
         await asyncio.sleep(0.02)
-        d.heartbeat(beat)
+        beats.beat()
         for _ in range(6):
             await asyncio.sleep(FAST.heartbeat_period)
-            d.heartbeat(beat)
+            beats.beat()
         assert store.view().get("node", "n0").status.state == opb.NODE_STATE_READY
         assert store.metrics.snapshot()["dispatcher_stall_seconds"] > FAST.down_after
         # A node that really stops is still found out.
@@ -147,9 +157,9 @@ async def _ten_sessions(cfg: ManagerConfig) -> tuple[Store, Dispatcher, Beat]:
     await d.start()
     streams, beats = [], []  # (a stream no longer referenced is closed: its session ends)
     for n in range(10):
-        streams.append(d.session(cpb.SessionRequest(node_id=f"n{n}")))
-        first = await anext(streams[-1])
-        beats.append(cpb.HeartbeatRequest(node_id=f"n{n}", session_id=first.session_id))
+        beats.append(Beats())
+        streams.append(d.session(cpb.SessionRequest(node_id=f"n{n}"), beats[-1]))
+        await anext(streams[-1])
 
     async def beat(beating: range, until: Callable[[], bool], limit: float) -> None:
         assert streams  # (beat refers to them: they live as long as it does)
@@ -157,10 +167,12 @@ async def _ten_sessions(cfg: ManagerConfig) -> tuple[Store, Dispatcher, Beat]:
         while not until():
             assert time.monotonic() < deadline, "the condition never held"
             for n in beating:
-                d.heartbeat(beats[n])
+                beats[n].beat()
             await asyncio.sleep(cfg.heartbeat_period)
     for b in beats:  # one heartbeat from all: nodes that stop from here stop at once
-        d.heartbeat(b)
+        b.beat()
+    for b in beats:
+        await b.heard()
     return store, d, beat
 
 

@@ -29,58 +29,59 @@ class Dispatcher(cpb_grpc.DispatcherServicer):
 
     def __init__(self) -> None:
         self.sessions = 0
+        self.opened: list[cpb.SessionRequest] = []  # each session's first message
         self.heard: list[tuple[str, float]] = []  # (session id, when) of each heartbeat
         self.beats: list[tuple[str, float]] = []  # (session id, when answered)
-        self.streams = 0          # heartbeat streams opened
         self.stall_beats = 0      # the next N answers take 3 periods each
         self.mute = False         # heartbeats are never answered
-        self.cancel_beats = 0     # the next N heartbeats end their stream CANCELLED
         self.chatter = False      # the session stream brings a message every period
         self.fail_reports = 0     # the next N reports fail UNAVAILABLE
-        self.forget = False       # heartbeats say the session is unknown
+        self.forget = False       # session s1 ends NOT_FOUND at its next heartbeat
         self.reports: list[cpb.UpdateTaskStatusRequest] = []
         self.hold_reports = False  # reports of session s1 never get an answer
         self.held = 0              # reports held so far
         self.lose_reports = False  # reports of session s1 are answered and forgotten
         self.tasks: list[opb.Task] = []  # the COMPLETE assignments of every session
 
-    async def Session(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC's name
+    async def Session(self, requests: Any, context: Any) -> Any:  # noqa: N802 - gRPC's name
+        """Hears each heartbeat as it arrives (`heard`), answers them in turn (`beats`)."""
+        requests = aiter(requests)
+        first = await anext(requests)
+        self.opened.append(first.open)
         self.sessions += 1
         session_id = f"s{self.sessions}"
-        yield cpb.SessionMessage(
-            session_id=session_id, heartbeat_period_ms=PERIOD_MS,
-            assignments=cpb.Assignments(type=cpb.Assignments.COMPLETE, update=self.tasks))
-        while True:  # open until the client goes
-            await asyncio.sleep(PERIOD_MS / 1000)
-            if self.chatter:
-                yield cpb.SessionMessage(session_id=session_id, heartbeat_period_ms=PERIOD_MS)
-
-    async def Heartbeats(self, requests: Any, context: Any) -> Any:  # noqa: N802
-        """Hears each heartbeat as it arrives (`heard`), answers them in turn (`beats`)."""
-        self.streams += 1
-        arrived: asyncio.Queue[str] = asyncio.Queue()
+        arrived: asyncio.Queue[None] = asyncio.Queue()
 
         async def hear() -> None:
             async for request in requests:
-                self.heard.append((request.session_id, time.monotonic()))
-                arrived.put_nowait(request.session_id)
+                assert request.HasField("heartbeat"), request
+                self.heard.append((session_id, time.monotonic()))
+                arrived.put_nowait(None)
 
         reader = asyncio.create_task(hear())
         try:
-            while True:
-                session_id = await arrived.get()
+            yield cpb.SessionMessage(
+                session_id=session_id, heartbeat_period_ms=PERIOD_MS,
+                assignments=cpb.Assignments(type=cpb.Assignments.COMPLETE, update=self.tasks))
+            chat = time.monotonic() + PERIOD_MS / 1000
+            while True:  # open until the client goes
+                try:
+                    await asyncio.wait_for(arrived.get(), max(chat - time.monotonic(), 0))
+                except TimeoutError:
+                    chat = time.monotonic() + PERIOD_MS / 1000
+                    if self.chatter:  # every period, whatever comes in
+                        yield cpb.SessionMessage(session_id=session_id,
+                                                 heartbeat_period_ms=PERIOD_MS)
+                    continue
                 if self.forget and session_id == "s1":
                     await context.abort(grpc.StatusCode.NOT_FOUND, "session invalid")
-                if self.cancel_beats:
-                    self.cancel_beats -= 1
-                    await context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
                 if self.mute:
-                    await asyncio.Event().wait()
+                    continue
                 if self.stall_beats:
                     self.stall_beats -= 1
                     await asyncio.sleep(3 * PERIOD_MS / 1000)
                 self.beats.append((session_id, time.monotonic()))
-                yield cpb.HeartbeatResponse(period_ms=PERIOD_MS)
+                yield cpb.SessionMessage(session_id=session_id, heartbeat_period_ms=PERIOD_MS)
         finally:
             reader.cancel()
 
@@ -151,25 +152,28 @@ def test_heartbeats_keep_their_period_while_answers_are_late(make: Any) -> None:
         await until(lambda: len(dispatcher.beats) >= answered + 4)
         # The node did not wait for the late answers: the manager heard it every period
         # (it would have marked it DOWN otherwise), about three heartbeats per answer. The
-        # node kept its one session and stream: it did not give up and did not reconnect.
+        # node kept its session: it did not give up and did not reconnect.
         assert len(dispatcher.heard) - heard >= 2 * 4
-        assert dispatcher.sessions == 1 and dispatcher.streams == 1
+        assert dispatcher.sessions == 1
         assert {s for s, _ in dispatcher.heard} == {"s1"}
+        assert dispatcher.opened[0].node_id == "n1"
 
     asyncio.run(run_against(dispatcher, make, check))
 
 
 @pytest.mark.parametrize("make", [agent, sim], ids=["agent", "sim"])
-def test_heartbeats_the_manager_cancelled_do_not_end_the_session(make: Any) -> None:
+def test_heartbeats_keep_their_period_while_the_manager_sends_nothing(make: Any) -> None:
+    """An answer that never comes holds nothing up: heartbeats go out on the clock while the
+    session's stream is silent, until the node gives the manager up."""
     dispatcher = Dispatcher()
 
     async def check(node: Any) -> None:
-        await until(lambda: len(dispatcher.beats) >= 1)
-        dispatcher.cancel_beats = 3  # three streams in a row end CANCELLED
-        await until(lambda: dispatcher.cancel_beats == 0)
-        answered = len(dispatcher.beats)
-        await until(lambda: len(dispatcher.beats) >= answered + 2)
-        assert dispatcher.sessions == 1 and dispatcher.streams == 4
+        await until(lambda: len(dispatcher.beats) >= 2)
+        dispatcher.mute = True
+        heard = len(dispatcher.heard)
+        await asyncio.sleep(GIVE_UP_PERIODS * PERIOD_MS / 2000)  # half the way to giving up
+        assert len(dispatcher.heard) - heard >= GIVE_UP_PERIODS / 2 - 2
+        assert dispatcher.sessions == 1
 
     asyncio.run(run_against(dispatcher, make, check))
 

@@ -437,14 +437,28 @@ def test_the_agent_hands_on_whole_states_and_reconnects_on_a_stale_delta() -> No
               message(version=3, base_version=2, peers=[cpb.Peer(node_id="b")]),
               message(version=5, base_version=4, removed_peers=["a"])]  # one was missed
 
+    class Call:  # a session's stream: what the node writes, and what it reads
+        def __init__(self) -> None:
+            self.written: list[cpb.SessionUp] = []
+
+        async def write(self, message: cpb.SessionUp) -> None:
+            self.written.append(message)
+
+        async def __aiter__(self) -> Any:
+            for m in stream:
+                yield m
+
+        def cancel(self) -> None:
+            pass
+
+    call = Call()
+
     class Stub:
-        def Session(self, request: cpb.SessionRequest) -> Any:  # noqa: N802 - gRPC's name
-            async def messages() -> Any:
-                for m in stream:
-                    yield m
-            return messages()
+        def Session(self) -> Any:  # noqa: N802 - gRPC's name
+            return call
 
     with pytest.raises(StaleDelta):
         asyncio.run(agent._session(Stub()))
     assert [[p.node_id for p in s.peers] for s in received] == [["a"], ["a", "b"]]
     assert agent.network_state is received[-1] and agent.network_state.version == 3
+    assert call.written[0].open.node_id == "me"

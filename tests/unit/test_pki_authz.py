@@ -64,15 +64,23 @@ def test_init_and_join_are_never_served_remotely(name: str) -> None:
     assert "Unix socket" in refusal(CONTROL + name, MANAGER)
 
 
+def opening(node_id: str) -> cpb.SessionUp:
+    return cpb.SessionUp(open=cpb.SessionRequest(node_id=node_id))
+
+
 def test_dispatcher_calls_only_for_the_caller_s_own_live_node() -> None:
-    mine = cpb.HeartbeatRequest(node_id="w1")
-    assert allowed(DISPATCHER + "Heartbeats", WORKER, mine)
-    assert allowed(DISPATCHER + "Session", MANAGER, cpb.SessionRequest(node_id="m1"))
-    assert "cannot act for node w2" in refusal(DISPATCHER + "Heartbeats", WORKER,
-                                               cpb.HeartbeatRequest(node_id="w2"))
-    assert "has been removed" in refusal(DISPATCHER + "Session", WORKER,
-                                         cpb.SessionRequest(node_id="w1"), members=("m1",))
-    assert "needs a node certificate" in refusal(DISPATCHER + "Heartbeats", None, mine)
+    mine = cpb.UpdateTaskStatusRequest(node_id="w1")
+    assert allowed(DISPATCHER + "UpdateTaskStatus", WORKER, mine)
+    assert allowed(DISPATCHER + "Session", WORKER, opening("w1"))
+    assert allowed(DISPATCHER + "Session", MANAGER, opening("m1"))
+    assert "cannot act for node w2" in refusal(DISPATCHER + "UpdateTaskStatus", WORKER,
+                                               cpb.UpdateTaskStatusRequest(node_id="w2"))
+    assert "cannot act for node w2" in refusal(DISPATCHER + "Session", WORKER, opening("w2"))
+    assert "cannot act for node (none)" in refusal(
+        DISPATCHER + "Session", WORKER, cpb.SessionUp(heartbeat=cpb.Heartbeat()))
+    assert "has been removed" in refusal(DISPATCHER + "Session", WORKER, opening("w1"),
+                                         members=("m1",))
+    assert "needs a node certificate" in refusal(DISPATCHER + "UpdateTaskStatus", None, mine)
 
 
 class Refused(Exception):
@@ -92,43 +100,53 @@ class Context:
         raise Refused(f"{code.name}: {details}")
 
 
-def test_a_stream_of_requests_is_checked_a_message_at_a_time() -> None:
-    """Dispatcher/Heartbeats: every message, not just the first, acts for the caller's own
-    node, and the servicer never reads one that does not; a request-streaming call of
-    any other shape is refused as unknown rather than passed unchecked."""
+def test_a_session_is_checked_at_its_first_message() -> None:
+    """Dispatcher/Session: the message that opens it must be for the caller's own node, and
+    the servicer reads nothing of a session that is not; the rest of an allowed session
+    (its heartbeats) reaches the servicer as sent. A request-streaming call of any other
+    method or shape is refused as unknown rather than passed unchecked."""
     ca = pki.RootCA.create()
     cert = ca.sign_node(pki.make_csr(pki.new_key()), "w1", "worker", "c1")
     nodes = {"w1": object()}
     manager: Any = SimpleNamespace(
-        identity=SimpleNamespace(cluster_id="c1"),
+        identity=SimpleNamespace(cluster_id="c1"), dispatcher=None,
         store=SimpleNamespace(view=lambda: SimpleNamespace(get=lambda kind, i: nodes.get(i))))
-    read: list[str] = []
+    read: list[cpb.SessionUp] = []
 
     async def servicer(requests: Any, context: Any) -> Any:
         async for request in requests:
-            read.append(request.node_id)
-            yield cpb.HeartbeatResponse()
+            read.append(request)
+            yield cpb.SessionMessage()
 
-    async def intercepted(handler: Any) -> Any:
+    async def intercepted(handler: Any, method: str = DISPATCHER + "Session") -> Any:
         async def continuation(details: Any) -> Any:
             return handler
 
         return await guard.AuthInterceptor(lambda: manager).intercept_service(
-            continuation, SimpleNamespace(method=DISPATCHER + "Heartbeats"))
+            continuation, SimpleNamespace(method=method))
 
-    async def body() -> None:
+    async def session(*messages: cpb.SessionUp) -> int:
         checked = await intercepted(grpc.stream_stream_rpc_method_handler(servicer))
-        requests = [cpb.HeartbeatRequest(node_id=n) for n in ("w1", "w1", "w2", "w1")]
 
         async def stream() -> Any:
-            for request in requests:
-                yield request
+            for message in messages:
+                yield message
 
-        answers = checked.stream_stream(stream(), Context(cert))
+        return len([answer async for answer in checked.stream_stream(stream(), Context(cert))])
+
+    async def body() -> None:
+        beat = cpb.SessionUp(heartbeat=cpb.Heartbeat())
         with pytest.raises(Refused, match="PERMISSION_DENIED: node w1 cannot act for node w2"):
-            async for _ in answers:
-                pass
-        assert read == ["w1", "w1"]
+            await session(opening("w2"), beat)
+        with pytest.raises(Refused, match="cannot act for node [(]none[)]"):
+            await session(beat, beat)
+        assert read == []
+        assert await session(opening("w1"), beat, beat) == 3
+        assert read == [opening("w1"), beat, beat]
+        assert await session() == 0
+        for shape in (grpc.stream_unary_rpc_method_handler(servicer),
+                      grpc.stream_stream_rpc_method_handler(servicer)):
+            assert await intercepted(shape, DISPATCHER + "Heartbeats") is None
         assert await intercepted(grpc.stream_unary_rpc_method_handler(servicer)) is None
 
     asyncio.run(body())

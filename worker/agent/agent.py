@@ -2,7 +2,7 @@
 
 It keeps a session with a manager's dispatcher, runs the tasks the session assigns through
 the local engine (one TaskController each), reports every state change in batches and
-heartbeats at the period the manager sets.
+heartbeats on the session's stream at the period the manager sets.
 
 Policy:
 - When the session drops the agent keeps every container running and reconnects with
@@ -10,8 +10,8 @@ Policy:
 - On (re)start the agent re-adopts the containers its tasks run in (found by their
   com.docker.swarm.task.id label). A COMPLETE assignment set is the truth: containers of
   tasks absent from it are stopped and removed.
-- A heartbeat or report that times out is sent again; one that fails for good ends the
-  session, which reconnects at once (keepalive.py).
+- A report that times out is sent again; one that fails for good ends the session, which
+  reconnects at once, and so does a manager silent for ten periods (keepalive.py).
 """
 
 from __future__ import annotations
@@ -127,10 +127,11 @@ class Agent:
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _session(self, stub: Any, target: str = "") -> None:
-        call = stub.Session(cpb.SessionRequest(node_id=self.node_id,
-                                               description=self.description, addr=self.addr))
+        call = stub.Session()
         helpers = Helpers(call)
         try:
+            await call.write(cpb.SessionUp(open=cpb.SessionRequest(
+                node_id=self.node_id, description=self.description, addr=self.addr)))
             async for message in call:
                 self._heard = time.monotonic()  # a word from the manager (send_heartbeats)
                 if not self._session_id or message.session_id != self._session_id:
@@ -144,9 +145,7 @@ class Agent:
                         self.remotes.learned(message.managers)
                     self._stub = stub
                     helpers.start(
-                        send_heartbeats(stub, self.node_id, self._session_id,
-                                        lambda: self._period, self._heartbeat_answered,
-                                        lambda: self._heard),
+                        send_heartbeats(call, lambda: self._period, lambda: self._heard),
                         send_reports(stub, self.node_id, self._session_id, self._outbox,
                                      self.before_report))
                     self._outbox.ready.set()  # resend what changed while disconnected
@@ -170,9 +169,6 @@ class Agent:
         finally:
             helpers.stop()
             self._session_id = ""
-
-    def _heartbeat_answered(self, answer: cpb.HeartbeatResponse) -> None:
-        self._period = answer.period_ms / 1000 or self._period
 
     # ---- assignments ---------------------------------------------------------------------
 

@@ -2,33 +2,32 @@
 
     outbox = Outbox()                      # the node puts each task's status change in it
     helpers = Helpers(call)                # when a session starts:
-    helpers.start(send_heartbeats(stub, node_id, session_id, period, answered, heard),
+    helpers.start(send_heartbeats(call, period, heard),     # on the session's stream
                   send_reports(stub, node_id, session_id, outbox))
 
 Shared by the agent and the simulated nodes (worker/sim.py), so the benchmark measures the
 protocol the daemons speak.
 
 Policy:
-- Heartbeats go out on the clock, every period, on one stream per session, whether or not
-  the last one has been answered yet (`send_heartbeats` says why). A stream that fails
-  with a retryable code is opened again; nothing gives up early: a busy manager is not a
-  dead one, and a helper given up on would leave the session open with nobody beating in
-  it.
+- Heartbeats go out on the clock, every period, on the session's own stream, whether or
+  not the last one has been answered yet (`send_heartbeats` says why). Nothing gives up
+  early: a busy manager is not a dead one.
 - A status report that times out, or finds the manager unavailable or out of resources,
   is sent again after a short pause (`retrying`).
-- Heartbeats give up after GIVE_UP_PERIODS periods without a word from the manager (an
-  answer, or a message on the session stream): a manager that vanished without closing
+- Heartbeats give up after GIVE_UP_PERIODS periods without a word from the manager (any
+  message on the session stream, an answer or not): a manager that vanished without closing
   the connection (a partition, a machine gone) must not hold the node's session forever;
   ten periods ride out a stalled manager but not a lost one.
-- Any other error ends the session (NOT_FOUND: the manager no longer knows it), and the
-  node opens a new one at once. `Helpers` does that: the first helper to fail cancels the
-  session's stream, and the stream's reader raises the helper's error instead of the
-  cancellation (`Helpers.failed`).
+- A status report's other errors end the session (NOT_FOUND: the manager no longer knows
+  it), and the node opens a new one at once. `Helpers` does that: the first helper to
+  fail cancels the session's stream, and the stream's reader raises the helper's error
+  instead of the cancellation (`Helpers.failed`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -41,11 +40,11 @@ from pyswarm.proto import objects_pb2 as opb
 
 T = TypeVar("T")
 
-# Codes after which the same request is sent again (a heartbeat stream opened again) in the
-# same session: the call did not get through, which says nothing about the session.
-# CANCELLED is among them: at a thousand nodes an overloaded manager answered one heartbeat
-# call in ten with it (bench/scale.py, when each heartbeat was a call of its own), and
-# ending the session for it made every node reconnect three times within a deploy.
+# Codes after which a status report is sent again in the same session: the call did not get
+# through, which says nothing about the session. CANCELLED is among them: at a thousand
+# nodes an overloaded manager answered one heartbeat call in ten with it (bench/scale.py,
+# when each heartbeat was a call of its own), and ending the session for it made every
+# node reconnect three times within a deploy.
 RETRY = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
                    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED})
 RETRY_MIN, RETRY_MAX = 0.05, 1.0  # seconds between attempts (doubling)
@@ -114,88 +113,48 @@ class Helpers:
             raise self.failure
 
 
-async def send_heartbeats(stub: Any, node_id: str, session_id: str,
-                          period: Callable[[], float],
-                          answered: Callable[[cpb.HeartbeatResponse], None],
+async def send_heartbeats(call: Any, period: Callable[[], float],
                           heard: Callable[[], float]) -> None:
-    """Heartbeat every period() seconds (the manager sets it) on the session's Heartbeats
-    stream, until cancelled or given up; `heard()` is when the session stream last brought
-    a message (time.monotonic()).
+    """Heartbeat every period() seconds (the manager sets it) on the session's stream
+    `call`, until cancelled or given up; `heard()` is when the stream last brought a message
+    from the manager (time.monotonic()): an answer to a heartbeat, or anything else.
 
     Writing does not wait for answers, and the manager reads without waiting to answer: an
     answer can be seconds late while the manager heard the heartbeat on time. It comes back
-    on the connection that carries the session, behind whatever the manager is sending this
-    node (a deploy's network changes); heartbeats that waited for answers were that late
-    themselves, and a busy manager marked healthy nodes DOWN (bench/scale.py, 300 nodes).
-    For the same reason a message on the session stream is as good a sign of the manager
-    as an answer: at a thousand nodes, answers queued behind network states for up to 12 s
-    and nodes that counted only answers gave up sessions the manager was serving.
+    behind whatever the manager is sending this node (a deploy's network changes), which
+    is why any message counts as a word from the manager: at a thousand nodes, answers
+    queued behind network states for up to 12 s, and nodes that counted only answers gave
+    up sessions the manager was serving.
 
-    A stream that fails with a code in RETRY (or that the manager closes) is opened again
-    in the same session after a short pause. Once nothing has come from the manager for
-    GIVE_UP_PERIODS periods the session is given up: with the stream's last failure, or
-    DEADLINE_EXCEEDED. Any other error ends it at once."""
-    request = cpb.HeartbeatRequest(node_id=node_id, session_id=session_id)
-    last_answer = time.monotonic()
-    pause = RETRY_MIN
+    Once nothing has come from the manager for GIVE_UP_PERIODS periods the session is given
+    up (DEADLINE_EXCEEDED), even while a write waits for the connection to take it. A
+    write that finds the stream ended ends this quietly: the stream's reader has its
+    status."""
+    beat = cpb.SessionUp(heartbeat=cpb.Heartbeat())
 
-    def silent() -> float:
-        return time.monotonic() - max(last_answer, heard())
+    async def write() -> None:
+        due = time.monotonic()
+        while True:
+            await call.write(beat)
+            due = max(due + period(), time.monotonic())  # a late tick is not made up
+            await asyncio.sleep(due - time.monotonic())
 
-    while True:
-        opened = last_answer
-        call = stub.Heartbeats()
-
-        async def read(call: Any = call) -> None:
-            nonlocal last_answer
-            async for answer in call:
-                last_answer = time.monotonic()
-                answered(answer)
-
-        async def write(call: Any = call) -> None:
-            due = time.monotonic()
-            while True:
-                await call.write(request)
-                due = max(due + period(), time.monotonic())  # a late tick is not made up
-                await asyncio.sleep(due - time.monotonic())
-
-        reader, writer = asyncio.create_task(read()), asyncio.create_task(write())
-        try:
-            while True:
-                done, _ = await asyncio.wait({reader, writer}, timeout=period(),
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if done:
-                    # The stream is over; its reader ends with its status (a write to an
-                    # ended stream only says it ended).
-                    await asyncio.wait({reader}, timeout=period())
-                    failure = _ended(reader, writer)
-                    break
-                if silent() >= period() * GIVE_UP_PERIODS:
-                    raise _silent(period() * GIVE_UP_PERIODS)
-        finally:
-            for task in (reader, writer):
-                task.cancel()
-            call.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
-        if (not isinstance(failure, grpc.aio.AioRpcError) or failure.code() not in RETRY
-                or silent() >= period() * GIVE_UP_PERIODS):
-            raise failure
-        pause = RETRY_MIN if last_answer > opened else min(pause * 2, RETRY_MAX)
-        await asyncio.sleep(pause)
-
-
-def _ended(*tasks: asyncio.Task[None]) -> BaseException:
-    """Why a heartbeat stream ended: its gRPC status if a task saw one, else another error
-    (a bug), else the manager closed it (UNAVAILABLE: it is opened again)."""
-    errors = [t.exception() for t in tasks if t.done() and not t.cancelled()]
-    for exc in errors:
-        if isinstance(exc, grpc.aio.AioRpcError):
-            return exc
-    for exc in errors:
-        if exc is not None and not isinstance(exc, asyncio.InvalidStateError):
-            return exc
-    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(),
-                                grpc.aio.Metadata(), "the manager closed the heartbeat stream")
+    writer = asyncio.create_task(write())
+    try:
+        while True:
+            done, _ = await asyncio.wait({writer}, timeout=period())
+            if done:
+                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    writer.result()
+                return
+            silent = time.monotonic() - heard()
+            if silent >= period() * GIVE_UP_PERIODS:
+                raise _silent(period() * GIVE_UP_PERIODS)
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError,
+                                 asyncio.InvalidStateError):
+            await writer
 
 
 def _silent(seconds: float) -> grpc.aio.AioRpcError:
