@@ -53,8 +53,12 @@ class Allocator:
         self.spaces: dict[str, AddressSpace] = {}   # network id -> its addresses
         self.vips = AddressSpace(VIP_POOL)
         self.ports = Ports()
-        self.task_networks: dict[str, set[str]] = {}     # task id -> networks it has an address on
-        self.node_networks: dict[str, set[str]] = {}     # node id -> networks it has an address on
+        # task id / node id -> the networks it has an address on. The sets are interned
+        # (`_interned`): thousands of tasks share a handful of them, and a set each was 2 MB
+        # of a manager with 10,000 tasks (bench/scale.py, tracemalloc).
+        self.task_networks: dict[str, frozenset[str]] = {}
+        self.node_networks: dict[str, frozenset[str]] = {}
+        self._sets: dict[frozenset[str], frozenset[str]] = {}
         self.service_vips: dict[str, dict[str, int]] = {}  # service id -> network id -> VIP slot
 
     @classmethod
@@ -134,8 +138,10 @@ class Allocator:
         self.vnis.release_owner(network_id)
         self.spaces.pop(network_id, None)
         for held in (self.task_networks, self.node_networks):
-            for networks in held.values():
-                networks.discard(network_id)
+            for key, networks in held.items():
+                if network_id in networks:
+                    held[key] = self._interned(networks - {network_id})
+        self._sets = {k: v for k, v in self._sets.items() if network_id not in k}
         for service_id, vips in self.service_vips.items():
             slot = vips.pop(network_id, None)
             if slot is not None:
@@ -231,11 +237,12 @@ class Allocator:
             for space, slot in new:
                 space.pool.release(slot, task.id)
             raise
-        self.task_networks.setdefault(task.id, set()).update(a.network_id for a in out)
+        self.task_networks[task.id] = self._interned(
+            self.task_networks.get(task.id, frozenset()) | {a.network_id for a in out})
         return out
 
     def release_task(self, task_id: str) -> None:
-        for network_id in self.task_networks.pop(task_id, set()):
+        for network_id in self.task_networks.pop(task_id, ()):
             space = self.spaces.get(network_id)
             if space is not None:
                 space.release_owner(task_id)
@@ -268,12 +275,12 @@ class Allocator:
                 addr = space.cidr(slot)
             out.append(opb.NetworkAttachment(network_id=network_id, addresses=[addr]))
         held = {a.network_id for a in out}
-        for network_id in (self.node_networks.get(node.id, set()) | set(have)) - held:
+        for network_id in (self.node_networks.get(node.id, frozenset()) | set(have)) - held:
             space = self.spaces.get(network_id)
             if space is not None:
                 space.release_owner(owner)
         if held:
-            self.node_networks[node.id] = held
+            self.node_networks[node.id] = self._interned(frozenset(held))
         else:
             self.node_networks.pop(node.id, None)
         if list(node.attachments) == out:
@@ -281,7 +288,7 @@ class Allocator:
         return out
 
     def release_node(self, node_id: str) -> None:
-        for network_id in self.node_networks.pop(node_id, set()):
+        for network_id in self.node_networks.pop(node_id, ()):
             space = self.spaces.get(network_id)
             if space is not None:
                 space.release_owner(node_owner(node_id))
@@ -289,15 +296,18 @@ class Allocator:
     # ---- helpers ------------------------------------------------------------------------
 
     def _claim_addresses(self, owner: str, attachment: opb.NetworkAttachment,
-                         held: dict[str, set[str]], key: str = "") -> None:
+                         held: dict[str, frozenset[str]], key: str = "") -> None:
         space = self.spaces.get(attachment.network_id)
         if space is None:
             return
         for addr in attachment.addresses:
             if space.claim(addr, owner):
-                held.setdefault(key or owner, set()).add(attachment.network_id)
+                key = key or owner
+                held[key] = self._interned(held.get(key, frozenset()) | {attachment.network_id})
             else:
                 log.warning("allocator: %s: address %s on network %s is taken", owner, addr,
                             attachment.network_id)
 
-
+    def _interned(self, networks: frozenset[str]) -> frozenset[str]:
+        """The one copy of this set of networks (see task_networks)."""
+        return self._sets.setdefault(networks, networks)

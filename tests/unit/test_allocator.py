@@ -167,3 +167,22 @@ def test_pool_hands_out_serially_and_only_owners_release() -> None:
     pool.release(2, "b")
     pool.release_owner("a")
     assert pool.take("e") == 1 and pool.take("f") == 2
+
+
+def test_a_pool_owner_holds_one_slot_or_many() -> None:
+    """An owner's slots as it takes and gives them back one by one (pool.py keeps one slot
+    as the slot itself, and a set from the second)."""
+    pool = Pool(8)
+    assert pool.claim(3, "a") and pool.claim(3, "a") and pool.held("a") == {3}
+    assert pool.claim(5, "a") and pool.take("a") == 0 and pool.held("a") == {0, 3, 5}
+    assert not pool.claim(5, "b") and pool.held("b") == set()
+    pool.release(3, "a")
+    pool.release(5, "a")
+    assert pool.held("a") == {0} and pool.owner(5) is None
+    pool.release(0, "a")
+    assert pool.held("a") == set() and len(pool) == 0
+    assert pool.claim(0, "b") and pool.claim(1, "a")
+    pool.release_owner("a")
+    assert pool.held("a") == set() and pool.owner(1) is None and pool.held("b") == {0}
+    pool.release_owner("b")
+    assert len(pool) == 0 and pool.free == 8
