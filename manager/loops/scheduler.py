@@ -123,9 +123,11 @@ def _pending(task: opb.Task) -> bool:
 
 
 def _share(task: opb.Task) -> Share | None:
-    """What a task adds to its node for the scheduler: reservations, ports and a place in
-    the spread while it is live and still wanted; a failure (ranked against for a while)
-    if it ended badly while still wanted; else nothing."""
+    """What a task adds to its node for the scheduler: reservations and ports while it is
+    live (until its node reports it ended, even once told to stop, as SwarmKit counts
+    them: a task placed beside a stopping one would overcommit the node), and a place in
+    the spread while it is also still wanted; a failure (ranked against for a while) if it
+    ended badly while still wanted; else nothing."""
     if not task.node_id or _pending(task):
         return None
     state = task.status.state
@@ -136,8 +138,9 @@ def _share(task: opb.Task) -> Share | None:
             return None
         return Share(task.node_id, task.service_id,
                      failed_at=parse_time(task.status.timestamp))
-    if taskstate.is_live(state) and task.desired_state <= S.TASK_STATE_RUNNING:
-        return Share.held(task, task.node_id)
+    if taskstate.is_live(state):
+        return Share.held(task, task.node_id,
+                          counted=task.desired_state <= S.TASK_STATE_RUNNING)
     return None
 
 
