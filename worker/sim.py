@@ -31,7 +31,13 @@ from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from pyswarm.proto import objects_pb2 as opb
 from pyswarm.proto import sim_pb2
 from pyswarm.worker import membership
-from pyswarm.worker.agent.keepalive import Helpers, Outbox, send_heartbeats, send_reports
+from pyswarm.worker.agent.keepalive import (
+    Helpers,
+    Outbox,
+    open_session,
+    send_heartbeats,
+    send_reports,
+)
 
 S = taskstate.S
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
@@ -164,12 +170,12 @@ class SimNode:
             SESSION_METHOD, request_serializer=cpb.SessionUp.SerializeToString,
             response_deserializer=sim_pb2.SessionMessageVersions.FromString)
 
-    async def _session(self, stub: Any, open_session: Any) -> None:
-        call = open_session()
+    async def _session(self, stub: Any, new_call: Any) -> None:
+        call = new_call()
         helpers = Helpers(call)
         try:
-            await call.write(cpb.SessionUp(open=cpb.SessionRequest(
-                node_id=self.node_id, description=self.description, addr=self.addr)))
+            await open_session(call, cpb.SessionRequest(
+                node_id=self.node_id, description=self.description, addr=self.addr))
             async for message in call:
                 self._heard = time.monotonic()  # a word from the manager (send_heartbeats)
                 if message.session_id != self._session_id:

@@ -164,7 +164,8 @@ class Dispatcher:
             old.end(self.network)  # a node has one session: the newest wins
         self._sessions[node_id] = session
         self._last_beat[node_id] = time.monotonic()
-        hearing = asyncio.create_task(self._hear(session, heartbeats)) if heartbeats else None
+        hearing = (asyncio.create_task(self._hear(session, heartbeats))
+                   if heartbeats is not None else None)
         try:
             # No await between reading the set and registering the session: every later
             # commit reaches it through the router.
@@ -183,7 +184,7 @@ class Dispatcher:
                     if session.failure is not None:
                         raise session.failure
                     return
-                if item == ANSWER:
+                if item is ANSWER:
                     session.answering = False  # heartbeats heard from now on: another
                     yield cpb.SessionMessage(session_id=session.id,
                                              heartbeat_period_ms=self.period_ms)

@@ -7,6 +7,7 @@ both the agent and the simulated node (worker/sim.py) run the same session code.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -303,3 +304,39 @@ def test_a_status_the_manager_lost_is_reported_again_by_a_simulated_node() -> No
         await until(lambda: reported(dispatcher, "s2", "t1") == [opb.TASK_STATE_RUNNING])
 
     asyncio.run(run_against(dispatcher, make=sim, check=check))
+
+
+@pytest.mark.parametrize("make", [agent, sim], ids=["agent", "sim"])
+def test_a_manager_that_cannot_be_reached_is_reported_with_the_call_s_status(
+        make: Any) -> None:
+    """What the node reports of a session it could not open is gRPC's status (UNAVAILABLE,
+    which it retries quietly), also when the call had ended before the opening write: gRPC
+    refuses that write with an InvalidStateError that says nothing."""
+    async def body() -> None:
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        target = f"127.0.0.1:{closed.getsockname()[1]}"
+        node = make(target)
+        channel = grpc.aio.insecure_channel(target)
+        try:
+            for late in (False, True):
+                call = (cpb_grpc.DispatcherStub(channel).Session() if isinstance(node, Agent)
+                        else node._open(channel)())
+                if late:  # the call has ended before the node writes on it
+                    await until(call.done)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    if isinstance(node, Agent):
+                        await node._session(_Stub(lambda call=call: call))
+                    else:
+                        await node._session(None, lambda call=call: call)
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            await channel.close()
+            closed.close()
+
+    asyncio.run(body())
+
+
+class _Stub:
+    def __init__(self, session: Any) -> None:
+        self.Session = session  # noqa: N815 - gRPC's name

@@ -33,7 +33,13 @@ from pyswarm.proto import cluster_pb2 as cpb
 from pyswarm.proto import cluster_pb2_grpc as cpb_grpc
 from pyswarm.proto import objects_pb2 as opb
 from pyswarm.worker.agent.controller import Report, TaskController
-from pyswarm.worker.agent.keepalive import Helpers, Outbox, send_heartbeats, send_reports
+from pyswarm.worker.agent.keepalive import (
+    Helpers,
+    Outbox,
+    open_session,
+    send_heartbeats,
+    send_reports,
+)
 from pyswarm.worker.agent.remotes import Remotes
 from pyswarm.worker.agent.spec import TASK_LABEL
 from pyswarm.worker.engine.core import Engine
@@ -130,8 +136,8 @@ class Agent:
         call = stub.Session()
         helpers = Helpers(call)
         try:
-            await call.write(cpb.SessionUp(open=cpb.SessionRequest(
-                node_id=self.node_id, description=self.description, addr=self.addr)))
+            await open_session(call, cpb.SessionRequest(
+                node_id=self.node_id, description=self.description, addr=self.addr))
             async for message in call:
                 self._heard = time.monotonic()  # a word from the manager (send_heartbeats)
                 if not self._session_id or message.session_id != self._session_id:

@@ -1,8 +1,10 @@
 """What runs beside a worker's session stream: heartbeats and status reports.
 
     outbox = Outbox()                      # the node puts each task's status change in it
-    helpers = Helpers(call)                # when a session starts:
-    helpers.start(send_heartbeats(call, period, heard),     # on the session's stream
+    call = stub.Session()                  # the session's stream, both ways
+    await open_session(call, request)
+    helpers = Helpers(call)                # once its first message has come:
+    helpers.start(send_heartbeats(call, period, heard),
                   send_reports(stub, node_id, session_id, outbox))
 
 Shared by the agent and the simulated nodes (worker/sim.py), so the benchmark measures the
@@ -111,6 +113,14 @@ class Helpers:
         current = asyncio.current_task()
         if self.failure is not None and (current is None or current.cancelling() == 0):
             raise self.failure
+
+
+async def open_session(call: Any, request: cpb.SessionRequest) -> None:
+    """Send the message that opens a session on its new stream `call`. A call that has
+    already ended (the manager could not be reached) is left to its reader, which raises
+    its status: gRPC refuses the write itself with InvalidStateError, which says nothing."""
+    with contextlib.suppress(asyncio.InvalidStateError):
+        await call.write(cpb.SessionUp(open=request))
 
 
 async def send_heartbeats(call: Any, period: Callable[[], float],
