@@ -54,8 +54,8 @@ class Allocator:
         self.vips = AddressSpace(VIP_POOL)
         self.ports = Ports()
         # task id / node id -> the networks it has an address on. The sets are interned
-        # (`_interned`): thousands of tasks share a handful of them, and a set each was 2 MB
-        # of a manager with 10,000 tasks (bench/scale.py, tracemalloc).
+        # (`_interned`): thousands of tasks share a handful of them, and the line that made a
+        # set each held 4.3 MB of a manager with 10,000 tasks (bench/scale.py, tracemalloc).
         self.task_networks: dict[str, frozenset[str]] = {}
         self.node_networks: dict[str, frozenset[str]] = {}
         self._sets: dict[frozenset[str], frozenset[str]] = {}
