@@ -20,14 +20,12 @@ from collections.abc import Callable
 from pyswarm.common import taskstate
 from pyswarm.manager.loops.pacing import run_passes
 from pyswarm.manager.loops.tasks import copy, set_status
-from pyswarm.manager.scheduler.nodeinfo import NodeLedger, Share
+from pyswarm.manager.scheduler.nodeinfo import NodeLedger
 from pyswarm.manager.scheduler.pipeline import schedule
-from pyswarm.manager.scheduler.timestamps import parse_time
 from pyswarm.manager.store import Event, Store, WriteTx
 from pyswarm.proto import objects_pb2 as opb
 
 S = taskstate.S
-ENDED_BADLY = frozenset({S.TASK_STATE_FAILED, S.TASK_STATE_REJECTED})
 
 
 
@@ -39,7 +37,7 @@ class Scheduler:
         # ids of tasks waiting for a node, in the order they came (a dict: placements are
         # reproducible)
         self._pending: dict[str, None] = {}
-        self._ledger = NodeLedger(_share)
+        self._ledger = NodeLedger()
         self._attempted = False  # a try of the current pass has run (store.batch retries)
 
     async def run(self) -> None:
@@ -120,28 +118,6 @@ class Scheduler:
 
 def _pending(task: opb.Task) -> bool:
     return task.status.state == S.TASK_STATE_PENDING and task.desired_state <= S.TASK_STATE_RUNNING
-
-
-def _share(task: opb.Task) -> Share | None:
-    """What a task adds to its node for the scheduler: reservations and ports while it is
-    live (until its node reports it ended, even once told to stop, as SwarmKit counts
-    them: a task placed beside a stopping one would overcommit the node), and a place in
-    the spread while it is also still wanted; a failure (ranked against for a while) if it
-    ended badly while still wanted; else nothing."""
-    if not task.node_id or _pending(task):
-        return None
-    state = task.status.state
-    if state in ENDED_BADLY:
-        if task.desired_state > S.TASK_STATE_RUNNING:
-            # Told to stop (its node went down, a scale-down, an update): how it ended
-            # says nothing against the node.
-            return None
-        return Share(task.node_id, task.service_id,
-                     failed_at=parse_time(task.status.timestamp))
-    if taskstate.is_live(state):
-        return Share.held(task, task.node_id,
-                          counted=task.desired_state <= S.TASK_STATE_RUNNING)
-    return None
 
 
 def _matters(event: Event) -> bool:

@@ -1,7 +1,7 @@
 """What the scheduler knows about each node while it plans: counts, reservations, ports.
 
 One NodeInfo per node, updated in place as a pass assigns tasks, so that later tasks of
-the same batch see earlier ones. `build_node_infos` builds them from lists of tasks;
+the same batch see earlier ones. `build_node_infos` builds them from a list of tasks;
 `NodeLedger` keeps them between passes, a task at a time, from the store's events (a pass
 that read every task to place a few was most of the scheduler's time during a failure at
 10,000 tasks: bench/scale.py).
@@ -17,6 +17,7 @@ from typing import NamedTuple
 from pyswarm.common import taskstate
 from pyswarm.manager.scheduler.timestamps import parse_time
 from pyswarm.proto.objects_pb2 import (
+    TASK_STATE_ASSIGNED,
     TASK_STATE_FAILED,
     TASK_STATE_REJECTED,
     TASK_STATE_RUNNING,
@@ -61,11 +62,9 @@ class NodeInfo:
     def free_memory(self) -> int:
         return self.node.description.resources.memory_bytes - self.reserved.memory_bytes
 
-    def add_task(self, task: Task, *, counted: bool = True) -> None:
-        """Account for a task on this node: its reservations and host ports always (they
-        are held while it runs); the spread counters only when ``counted`` (it is meant to
-        keep running)."""
-        self.add(Share.held(task, self.id, counted))
+    def add_task(self, task: Task) -> None:
+        """Account for a task a pass places on this node."""
+        self.add(Share.held(task, self.id))
 
     def add(self, share: Share, sign: int = 1) -> None:
         """Add what one task holds on this node (sign -1: take it away again)."""
@@ -120,54 +119,55 @@ def task_host_ports(task: Task) -> list[HostPort]:
             if p.publish_mode == PublishMode.PUBLISH_MODE_HOST and p.published_port]
 
 
-def build_node_infos(nodes: Mapping[str, Node] | Iterable[Node], live_tasks: Iterable[Task],
-                     failed_tasks: Iterable[Task], now: float) -> dict[str, NodeInfo]:
-    """NodeInfo for every node.
+def share_of(task: Task) -> Share | None:
+    """What a task adds to its node for the scheduler. Once placed (ASSIGNED on), and until
+    its node reports it ended: its reservations and host ports, even once told to stop (as
+    SwarmKit counts them: a task placed beside a stopping one would overcommit the node),
+    and a place in the spread while it is still wanted. A task that ended badly while still
+    wanted: a failure, ranked against for a while. Else nothing."""
+    state = task.status.state
+    if not task.node_id or state < TASK_STATE_ASSIGNED:
+        return None  # not placed yet (a global task is made with its node)
+    if state in (TASK_STATE_FAILED, TASK_STATE_REJECTED):
+        if task.desired_state > TASK_STATE_RUNNING:
+            # Told to stop (its node went down, a scale-down, an update): how it ended
+            # says nothing against the node. Counting the tasks a crashed node reports
+            # dead when it comes back left it shunned for the whole window.
+            return None
+        return Share(task.node_id, task.service_id, failed_at=parse_time(task.status.timestamp))
+    if taskstate.is_live(state):
+        return Share.held(task, task.node_id, counted=task.desired_state <= TASK_STATE_RUNNING)
+    return None
 
-    ``live_tasks``: tasks on nodes that still hold resources (observed state not terminal);
-    only those also desired RUNNING count towards spread. ``failed_tasks``: tasks that
-    ended FAILED or REJECTED while still desired RUNNING; those within
-    RECENT_FAILURE_WINDOW of ``now`` are recorded.
-    Tasks naming an unknown node are ignored.
-    """
+
+def build_node_infos(nodes: Mapping[str, Node] | Iterable[Node], tasks: Iterable[Task],
+                     now: float) -> dict[str, NodeInfo]:
+    """NodeInfo for every node, from the tasks' shares (`share_of`); failures recorded only
+    within RECENT_FAILURE_WINDOW of ``now``. Tasks naming an unknown node are ignored."""
     node_list: Iterable[Node] = nodes.values() if isinstance(nodes, Mapping) else nodes
     infos = {node.id: NodeInfo(node) for node in node_list}
-    for task in live_tasks:
-        info = infos.get(task.node_id)
-        if info is None or taskstate.is_terminal(task.status.state):
+    for task in tasks:
+        share = share_of(task)
+        if share is None or (info := infos.get(share.node_id)) is None:
             continue
-        info.add_task(task, counted=task.desired_state <= TASK_STATE_RUNNING)
-    for task in failed_tasks:
-        info = infos.get(task.node_id)
-        if info is None or task.status.state not in (TASK_STATE_FAILED,
-                                                      TASK_STATE_REJECTED):
-            continue
-        if task.desired_state > TASK_STATE_RUNNING:
-            # It was told to stop (its node went down, a scale-down, an update): how it
-            # ended says nothing against the node. Counting the tasks a crashed node
-            # reports dead when it comes back left it shunned for the whole window.
-            continue
-        when = parse_time(task.status.timestamp)
-        if now - when <= RECENT_FAILURE_WINDOW:
-            info.recent_failures.setdefault(task.service_id, []).append(when)
+        if share.failed_at is None or now - share.failed_at <= RECENT_FAILURE_WINDOW:
+            info.add(share)
     return infos
 
 
 class NodeLedger:
     """Every node's NodeInfo, kept between scheduling passes from the store's events.
 
-    What a task adds to its node is its `Share`, computed by `share_of` as a pass that
-    built the infos from every task would (the scheduler loop's classification), and
-    remembered per task: when the task changes or goes, exactly what it added is taken
-    away before its new share is added. A pass assigns on the infos in place and then
-    `placed()` records those tasks' shares, so the events of its own commit add nothing
-    twice. A pass that did not commit leaves them wrong: `invalidate()`, and the next
-    `sync()` rebuilds from the store. A write the rebuild already saw (its revision is no
-    later than `built_at`) is not applied again when its event is read.
+    What a task adds to its node is its `Share` (`share_of`), remembered per task: when the
+    task changes or goes, exactly what it added is taken away before its new share is
+    added. A pass assigns on the infos in place and then `placed()` records those tasks'
+    shares, so the events of its own commit add nothing twice. A pass that did not commit
+    leaves them wrong: `invalidate()`, and the next `sync()` rebuilds from the store. A
+    write the rebuild already saw (its revision is no later than `built_at`) is not applied
+    again when its event is read.
     """
 
-    def __init__(self, share_of: Callable[[Task], Share | None]) -> None:
-        self._share_of = share_of
+    def __init__(self) -> None:
         self.infos: dict[str, NodeInfo] = {}
         self._shares: dict[str, Share] = {}  # task id -> what it added
         self.valid = False
@@ -215,7 +215,7 @@ class NodeLedger:
         old = self._shares.pop(task_id, None)
         if old is not None and (info := self.infos.get(old.node_id)) is not None:
             info.add(old, -1)
-        share = self._share_of(task) if task is not None else None
+        share = share_of(task) if task is not None else None
         if share is not None:
             self._shares[task_id] = share
             if (info := self.infos.get(share.node_id)) is not None:

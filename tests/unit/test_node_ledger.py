@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import random
 
-from pyswarm.manager.loops.scheduler import Scheduler, _share
-from pyswarm.manager.scheduler.nodeinfo import NodeInfo, NodeLedger, build_node_infos
+from pyswarm.manager.loops.scheduler import Scheduler
+from pyswarm.manager.scheduler.nodeinfo import NodeInfo, NodeLedger, build_node_infos, share_of
 from pyswarm.manager.store import MemoryBackend, Store
 from pyswarm.proto import objects_pb2 as opb
 from tests.unit.cluster_builders import NOW, S, make_node, make_service, make_task
@@ -22,14 +22,8 @@ STATES = [S.TASK_STATE_PENDING, S.TASK_STATE_ASSIGNED, S.TASK_STATE_RUNNING,
 
 
 def from_scratch(tasks: dict[str, opb.Task]) -> dict[str, NodeInfo]:
-    """What a pass reading every task builds (the loop's classification)."""
-    live, failed = [], []
-    for task in tasks.values():
-        share = _share(task)
-        if share is None:
-            continue
-        (failed if share.failed_at is not None else live).append(task)
-    return build_node_infos(NODES, live, failed, NOW)
+    """What a pass reading every task builds."""
+    return build_node_infos(NODES, tasks.values(), NOW)
 
 
 def summary(infos: dict[str, NodeInfo]) -> dict[str, tuple]:
@@ -42,7 +36,7 @@ def summary(infos: dict[str, NodeInfo]) -> dict[str, tuple]:
 def test_a_ledger_fed_every_write_matches_a_rebuild_from_every_task() -> None:
     rng = random.Random(5)
     for _ in range(30):
-        ledger = NodeLedger(_share)
+        ledger = NodeLedger()
         tasks: dict[str, opb.Task] = {}
         ledger.sync(0, NODES, lambda: [])
         for step in range(150):
@@ -162,3 +156,18 @@ def test_a_restarted_loop_does_not_trust_what_it_knew_before() -> None:
             loop.cancel()
 
     asyncio.run(body())
+
+
+def test_a_task_holds_a_share_of_its_node_only_once_placed() -> None:
+    """A global task is made with its node: until the scheduler has placed it there it
+    holds nothing of it, told to stop or not; placed and told to stop, it holds its
+    reservation (not its place in the spread) until its node reports it ended."""
+    db = SERVICES[1]
+    for desired in (S.TASK_STATE_RUNNING, S.TASK_STATE_SHUTDOWN):
+        for state in (S.TASK_STATE_NEW, S.TASK_STATE_PENDING):
+            assert share_of(make_task("g", db, node="n0", state=state, desired=desired)) is None
+    stopping = share_of(make_task("g", db, node="n0", state=S.TASK_STATE_ASSIGNED,
+                                  desired=S.TASK_STATE_SHUTDOWN))
+    assert stopping is not None and stopping.nano_cpus == 1_000_000_000 and not stopping.counted
+    assert share_of(make_task("g", db, node="n0", state=S.TASK_STATE_SHUTDOWN,
+                              desired=S.TASK_STATE_SHUTDOWN)) is None

@@ -17,7 +17,7 @@ from tests.unit.cluster_builders import GB, NOW, S, make_node, make_service, mak
 
 def info(node=None, tasks=()):
     node = node or make_node("n1")
-    return build_node_infos([node], tasks, [], NOW)[node.id]
+    return build_node_infos([node], tasks, NOW)[node.id]
 
 
 def pending(**kw):
@@ -125,7 +125,7 @@ def test_node_info_counts():
               # the service on that node, which must not be shunned when it is back.
               make_task("lost", svc, node="n1", state=S.TASK_STATE_FAILED, at=NOW - 5,
                         desired=S.TASK_STATE_SHUTDOWN)]
-    got: NodeInfo = build_node_infos({"n1": make_node("n1")}, tasks, failed, NOW)["n1"]
+    got: NodeInfo = build_node_infos({"n1": make_node("n1")}, [*tasks, *failed], NOW)["n1"]
     assert got.tasks_by_service["svc"] == 1 and got.total_tasks == 1  # stopping not counted
     assert got.reserved.nano_cpus == 1_000_000_000                     # ... but it holds cpu
     assert got.host_ports == {(53, "tcp"): 2}  # held by each task until it ends

@@ -18,7 +18,7 @@ def pending(svc, n, prefix=None):
 
 
 def place(tasks, nodes, live=(), failed=()):
-    infos = build_node_infos(nodes, live, failed, NOW)
+    infos = build_node_infos(nodes, [*live, *failed], NOW)
     return schedule(tasks, infos, NOW)
 
 
