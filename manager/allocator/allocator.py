@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import sys
 from collections.abc import Iterable
 
 from pyswarm.common import taskstate
@@ -237,7 +238,7 @@ class Allocator:
             for space, slot in new:
                 space.pool.release(slot, task.id)
             raise
-        self.task_networks[task.id] = self._interned(
+        self.task_networks[sys.intern(task.id)] = self._interned(
             self.task_networks.get(task.id, frozenset()) | {a.network_id for a in out})
         return out
 

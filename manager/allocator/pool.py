@@ -14,6 +14,8 @@ of a manager with 10,000 tasks on two overlays (bench/scale.py, tracemalloc).
 
 from __future__ import annotations
 
+import sys
+
 
 class Pool:
     def __init__(self, size: int, reserved: frozenset[int] = frozenset()) -> None:
@@ -45,6 +47,7 @@ class Pool:
         current = self._owner.get(slot)
         if current is not None:
             return current == owner
+        owner = sys.intern(owner)
         self._owner[slot] = owner
         slots = self._by_owner.setdefault(owner, slot)
         if isinstance(slots, set):

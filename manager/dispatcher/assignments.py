@@ -8,6 +8,7 @@ the node is then told to forget it and removes its container.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 from pyswarm.common import taskstate
@@ -24,16 +25,17 @@ def belongs_to_node(task: opb.Task, node_id: str) -> bool:
     return not (ended and task.desired_state > S.TASK_STATE_RUNNING)
 
 
-def fingerprint(task: opb.Task) -> tuple[int, int]:
-    """What the node cares about changing: its desired state and the spec it runs."""
-    return (task.desired_state, task.spec_version)
+def fingerprint(task: opb.Task) -> int:
+    """What the node cares about changing: its desired state and the spec it runs, in one
+    int (a session keeps one per task; a tuple of two took three objects)."""
+    return task.spec_version << 16 | task.desired_state  # states are under 1,024
 
 
 def diff(
-    sent: dict[str, tuple[int, int]], now: Iterable[opb.Task]
-) -> tuple[list[opb.Task], list[str], dict[str, tuple[int, int]]]:
+    sent: dict[str, int], now: Iterable[opb.Task]
+) -> tuple[list[opb.Task], list[str], dict[str, int]]:
     """Tasks to (re)send, ids to remove, and the new 'sent' map."""
-    current = {t.id: t for t in now}
+    current = {sys.intern(t.id): t for t in now}
     fingerprints = {tid: fingerprint(t) for tid, t in current.items()}
     update = [current[tid] for tid, fp in fingerprints.items() if sent.get(tid) != fp]
     remove = [tid for tid in sent if tid not in current]

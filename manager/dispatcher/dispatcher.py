@@ -64,7 +64,7 @@ class _Session:
     queue: asyncio.Queue[cpb.SessionMessage | Serialized | bool | str | None] = field(
         default_factory=asyncio.Queue)
     # What the node was last sent: task id -> fingerprint (assignments.diff).
-    sent: dict[str, tuple[int, int]] = field(default_factory=dict)
+    sent: dict[str, int] = field(default_factory=dict)
     answering: bool = False  # an ANSWER is in the queue
     failure: Exception | None = None  # what ended the session, if not the node or a DOWN
 

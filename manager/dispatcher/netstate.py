@@ -30,6 +30,7 @@ per round, and a service's whole endpoint once per change of it.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -113,7 +114,7 @@ class Dirty:
             old, new = event.old, (None if event.action == "delete" else obj)
             if ((old is not None and takes_connections(old))  # type: ignore[arg-type]
                     or (new is not None and takes_connections(new))):  # type: ignore[arg-type]
-                self.tasks[obj.id] = obj.service_id  # type: ignore[attr-defined]
+                self.tasks[sys.intern(obj.id)] = sys.intern(obj.service_id)  # type: ignore[attr-defined]
         elif event.kind == "node":
             self.nodes.add(obj.id)  # type: ignore[attr-defined]
         elif event.kind == "network":
@@ -163,7 +164,7 @@ class _Service:
     networks: frozenset[str]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Task:
     data: bytes                 # ServiceEndpoint.tasks entry, serialized with its tag
     key: tuple[str, str]        # (name, id): the order of tasks in an endpoint

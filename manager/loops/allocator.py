@@ -20,6 +20,7 @@ Policy:
 from __future__ import annotations
 
 import logging
+import sys
 
 from pyswarm.common import taskstate
 from pyswarm.manager.allocator import AllocationError, Allocator
@@ -132,9 +133,10 @@ class AllocatorLoop:
             return
         node_id, network_ids = now
         network_ids = self._network_sets.setdefault(network_ids, network_ids)
-        self._placed[task.id] = node_id, network_ids
+        task_id, node_id = sys.intern(task.id), sys.intern(node_id)
+        self._placed[task_id] = node_id, network_ids
         for network_id in network_ids:
-            self._members.setdefault(node_id, {}).setdefault(network_id, set()).add(task.id)
+            self._members.setdefault(node_id, {}).setdefault(network_id, set()).add(task_id)
         if network_ids:
             self._nodes.add(node_id)
 

@@ -9,6 +9,7 @@ that read every task to place a few was most of the scheduler's time during a fa
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -105,8 +106,8 @@ class Share(NamedTuple):
     @classmethod
     def held(cls, task: Task, node_id: str, counted: bool = True) -> Share:
         res = task.spec.resources.reservations
-        return cls(node_id, task.service_id, res.nano_cpus, res.memory_bytes,
-                   tuple(task_host_ports(task)), counted)
+        return cls(sys.intern(node_id), sys.intern(task.service_id), res.nano_cpus,
+                   res.memory_bytes, tuple(task_host_ports(task)), counted)
 
 
 def task_host_ports(task: Task) -> list[HostPort]:
@@ -134,7 +135,8 @@ def share_of(task: Task) -> Share | None:
             # says nothing against the node. Counting the tasks a crashed node reports
             # dead when it comes back left it shunned for the whole window.
             return None
-        return Share(task.node_id, task.service_id, failed_at=parse_time(task.status.timestamp))
+        return Share(sys.intern(task.node_id), sys.intern(task.service_id),
+                     failed_at=parse_time(task.status.timestamp))
     if taskstate.is_live(state):
         return Share.held(task, task.node_id, counted=task.desired_state <= TASK_STATE_RUNNING)
     return None
@@ -217,11 +219,11 @@ class NodeLedger:
             info.add(old, -1)
         share = share_of(task) if task is not None else None
         if share is not None:
-            self._shares[task_id] = share
+            self._shares[sys.intern(task_id)] = share
             if (info := self.infos.get(share.node_id)) is not None:
                 info.add(share)
 
     def placed(self, task: Task, node_id: str) -> None:
         """A pass assigned ``task`` to ``node_id`` on the infos (add_task): remember its
         share, so that its commit's event replaces it rather than adding it again."""
-        self._shares[task.id] = Share.held(task, node_id)
+        self._shares[sys.intern(task.id)] = Share.held(task, node_id)

@@ -10,6 +10,8 @@ cluster never converged (bench/scale.py). Here it has its own loop (and core).
 
     python -m pyswarm.manager.security.router HOST PORT JOIN_NAME JOIN_SOCK NODE_SOCK
 
+(endpoint.py runs it so, with ssl kept out: ROUTER_MAIN)
+
 prints "ready" once it listens, or "error ERRNO MESSAGE" and exits 2 if it cannot bind;
 it exits when its standard input closes (the daemon stopped or died, even by SIGKILL).
 """

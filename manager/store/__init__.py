@@ -5,6 +5,10 @@ transactions and watches, kept durable (and shared between managers) by a backen
     await store.update(lambda tx: tx.create(task), retries=3)
     for task in store.view().find("task", service_id=sid): ...
     async for item in store.watch({"task"}): ...   # Event..., Commit, Event..., Commit
+
+Ids kept as keys (here and in the loops' own maps) are interned with sys.intern: protobuf
+makes a new str each time a string field is read, so every map of task ids held a copy of
+each, about 0.7 MB per map at 10,000 tasks (tracemalloc, bench/memprobe).
 """
 
 from .backends import (
