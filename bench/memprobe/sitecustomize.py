@@ -10,6 +10,12 @@ time it gets SIGUSR2:
     traced: current, peak, top 25 lines        tracemalloc, with PYSWARM_MEMPROBE_FRAMES=N
                                                (N > 0; it slows the manager several times)
     types: the 15 commonest                    with PYSWARM_MEMPROBE_TYPES=1 (gc objects)
+    trimmed: VmRSS after malloc_trim(0)        with PYSWARM_MEMPROBE_TRIM=1: how much of the
+                                               C heap is free but still held from the OS
+    pymalloc: PREFIX.<pid>.<n>.pymalloc        with PYSWARM_MEMPROBE_INFO=1 too: Python's
+                                               own allocator (sys._debugmallocstats())
+    malloc_info: PREFIX.<pid>.<n>.xml           with PYSWARM_MEMPROBE_INFO=1: glibc's
+                                               malloc_info(), free chunks by size, per arena
 
     PYTHONPATH=bench/memprobe PYSWARM_MEMPROBE=/tmp/m300 \\
         .venv/bin/python bench/scale.py --nodes 300 --tasks 3000 --stores sqlite --json &
@@ -42,11 +48,19 @@ if _OUT and sys.argv[1:2] == ["daemon"]:
 
     _libc = ctypes.CDLL("libc.so.6")
     _libc.mallinfo2.restype = _Mallinfo2
+    _libc.fopen.restype = ctypes.c_void_p
+    _libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    _libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    _libc.fclose.argtypes = [ctypes.c_void_p]
+    _reports: list[None] = []
+
+    def _status() -> dict[str, str]:
+        with open("/proc/self/status") as f:
+            return {k: v.strip() for k, _, v in (line.partition(":") for line in f)
+                    if k in ("VmRSS", "VmHWM", "RssAnon")}
 
     def _report(signum, frame):  # noqa: ANN001, ANN202 (a signal handler)
-        with open("/proc/self/status") as f:
-            status = {k: v.strip() for k, _, v in (line.partition(":") for line in f)
-                      if k in ("VmRSS", "VmHWM", "RssAnon")}
+        status = _status()
         mi = _libc.mallinfo2()
         lines = [f"t={time.time():.1f} {status}",
                  f"malloc: heap(arena)={mi.arena >> 20}MB mmap(hblkhd)={mi.hblkhd >> 20}MB "
@@ -59,6 +73,24 @@ if _OUT and sys.argv[1:2] == ["daemon"]:
             lines.append(f"traced: current={current >> 20}MB peak={peak >> 20}MB")
             for stat in tracemalloc.take_snapshot().statistics("lineno")[:25]:
                 lines.append(f"  {stat.size >> 10}KB n={stat.count} {stat.traceback}")
+        if os.environ.get("PYSWARM_MEMPROBE_INFO"):
+            _reports.append(None)
+            path = f"{_OUT}.{os.getpid()}.{len(_reports)}.xml".encode()
+            stream = _libc.fopen(path, b"w")
+            _libc.malloc_info(0, stream)
+            _libc.fclose(stream)
+            lines.append(f"malloc_info: {path.decode()}")
+            saved = os.dup(2)
+            with open(f"{_OUT}.{os.getpid()}.{len(_reports)}.pymalloc", "w") as f:
+                os.dup2(f.fileno(), 2)
+                try:
+                    sys._debugmallocstats()
+                finally:
+                    os.dup2(saved, 2)
+                    os.close(saved)
+        if os.environ.get("PYSWARM_MEMPROBE_TRIM"):
+            _libc.malloc_trim(0)
+            lines.append(f"trimmed: {_status()}")
         with open(f"{_OUT}.{os.getpid()}.txt", "a") as f:
             f.write("\n".join(lines) + "\n\n")
 
