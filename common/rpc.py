@@ -34,8 +34,8 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
 # as fast over loopback with either.
 FLOW_OPTIONS = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 4 << 20)]
 
-# The node's session stream (guard.py ends it when the node is removed; the simulated
-# nodes open it with a deserializer of their own).
+# The node's session stream (guard.py checks its first message; the dispatcher ends it
+# when the node is removed; the simulated nodes open it with a deserializer of their own).
 SESSION_METHOD = "/pyswarm.cluster.v1.Dispatcher/Session"
 
 # Trailing metadata of a follower manager's refusal of a dispatcher call: the leader's
