@@ -242,10 +242,20 @@ def test_containers_on_two_nodes_reach_each_other_and_lose_a_removed_peer(
     assert ping(cc["netns"], "10.216.1.1")  # (its own bridge works)
     a.ok("detach", id=C_ID)
 
-    # Node A forgets B: its flood entry and what it learned from B go; B is out of reach.
+    # Node A forgets B: its flood entry and what it learned from B go; B is out of reach,
+    # even while B, which still has A for a peer, keeps sending to A's container (A would
+    # learn B back from any packet it let in after deleting B's entries).
     vxlan = f"{link_prefix(a.bridge)}x{VNI:x}"
     assert f"{b.underlay}" in a.ok("fdb", dev=vxlan)["dst"]
-    assert a.apply(state_for(a, []))["ok"]
+    sender = subprocess.Popen(["nsenter", f"--net={cb['netns']}", "busybox", "ping", "-i",
+                               "0.002", "10.214.77.10"], stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.2)
+        assert a.apply(state_for(a, []))["ok"]
+        time.sleep(0.2)
+    finally:
+        sender.kill()
+        sender.wait()
     assert a.ok("fdb", dev=vxlan)["dst"] == []
     assert not ping(ca["netns"], "10.214.77.11")
     assert not ping(cb["netns"], "10.214.77.10")

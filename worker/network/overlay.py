@@ -185,14 +185,18 @@ class OverlayNetworks:
             if plan == self._plan:
                 return
             self._plan = None
-            errors, present = self._run(_apply_kernel, self, plan)
-            self._applied = {s.network_id: s for s in plan.networks
-                             if self.bridge_name(s.vni) in present}
-            self._sync_firewall(present)
+            # The peer filter first: a removed peer's packets are dropped before its FDB
+            # entries go, or the VXLAN device would learn them back from its next packet.
+            errors: list[str] = []
             try:
                 self._sync_filter(plan)
             except RuntimeFailure as e:
                 errors.append(f"peer filter: {e}")
+            kernel_errors, present = self._run(_apply_kernel, self, plan)
+            errors += kernel_errors
+            self._applied = {s.network_id: s for s in plan.networks
+                             if self.bridge_name(s.vni) in present}
+            self._sync_firewall(present)
         if errors:
             self._peers.clear()  # the next apply checks every entry again
             raise RuntimeFailure("overlay networks: " + "; ".join(errors))
