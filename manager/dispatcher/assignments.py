@@ -28,7 +28,7 @@ def belongs_to_node(task: opb.Task, node_id: str) -> bool:
 def fingerprint(task: opb.Task) -> int:
     """What the node cares about changing: its desired state and the spec it runs, in one
     int (a session keeps one per task; a tuple of two took three objects)."""
-    return task.spec_version << 16 | task.desired_state  # states are under 1,024
+    return task.spec_version << 16 | task.desired_state  # states < 2**16 (the last is 832)
 
 
 def diff(

@@ -114,7 +114,7 @@ class Dirty:
             old, new = event.old, (None if event.action == "delete" else obj)
             if ((old is not None and takes_connections(old))  # type: ignore[arg-type]
                     or (new is not None and takes_connections(new))):  # type: ignore[arg-type]
-                self.tasks[sys.intern(obj.id)] = sys.intern(obj.service_id)  # type: ignore[attr-defined]
+                self.tasks[obj.id] = obj.service_id  # type: ignore[attr-defined]
         elif event.kind == "node":
             self.nodes.add(obj.id)  # type: ignore[attr-defined]
         elif event.kind == "network":
@@ -303,6 +303,7 @@ class NetworkModel:
         self._order = None
 
     def _task(self, view: ReadTx, task_id: str, service_id: str, ch: Changes) -> None:
+        task_id = sys.intern(task_id)  # kept as a key (store/__init__.py says why)
         tasks = self.tasks.setdefault(service_id, {})
         old = tasks.get(task_id)
         task: opb.Task | None = view.get("task", task_id)  # type: ignore[assignment]

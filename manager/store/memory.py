@@ -9,6 +9,7 @@ objects); batch writes to amortise it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -65,6 +66,7 @@ class Snapshot:
             return by_value[value]
 
         for kind, id, new in writes:
+            id = sys.intern(id)  # one str per id for the map and every index (__init__.py)
             if kind not in copied_kinds:
                 objects[kind] = dict(objects[kind])
                 copied_kinds.add(kind)

@@ -10,7 +10,6 @@ and `update` store a copy of what they are given, so the caller may keep using i
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -156,7 +155,7 @@ class WriteTx(ReadTx):
     def create(self, obj: Message) -> None:
         """Add a new object; Conflict if its id is taken. Sets meta.created_at/updated_at."""
         kind = kind_of(obj)
-        id = sys.intern(obj.id)  # type: ignore[attr-defined]
+        id = obj.id  # type: ignore[attr-defined]
         if not id:
             raise InvalidArgument(f"a {kind} needs an id")
         if self.get(kind, id) is not None:
@@ -171,7 +170,7 @@ class WriteTx(ReadTx):
     def update(self, obj: Message) -> None:
         """Replace an object; its meta.version must be the one stored (VersionConflict)."""
         kind = kind_of(obj)
-        id = sys.intern(obj.id)  # type: ignore[attr-defined]
+        id = obj.id  # type: ignore[attr-defined]
         current = self.get(kind, id)
         if current is None:
             raise NotFound(f"{kind} {id} not found")
@@ -193,7 +192,7 @@ class WriteTx(ReadTx):
         """Remove an object; NotFound if there is none."""
         if self.get(kind, id) is None:
             raise NotFound(f"{kind} {id} not found")
-        self._record(kind, sys.intern(id), None)
+        self._record(kind, id, None)
 
     def writes(self) -> list[Write]:
         """What to commit: one Write per object touched (a create then delete is none)."""
