@@ -55,7 +55,7 @@ class Allocator:
         self.vips = AddressSpace(VIP_POOL)
         self.ports = Ports()
         # task id / node id -> the networks it has an address on. The sets are interned
-        # (`_interned`): thousands of tasks share a handful of them, and the line that made a
+        # (`interned`): thousands of tasks share a handful of them, and the line that made a
         # set each held 4.3 MB of a manager with 10,000 tasks (bench/scale.py, tracemalloc).
         self.task_networks: dict[str, frozenset[str]] = {}
         self.node_networks: dict[str, frozenset[str]] = {}
@@ -141,7 +141,7 @@ class Allocator:
         for held in (self.task_networks, self.node_networks):
             for key, networks in held.items():
                 if network_id in networks:
-                    held[key] = self._interned(networks - {network_id})
+                    held[key] = self.interned(networks - {network_id})
         self._sets = {k: v for k, v in self._sets.items() if network_id not in k}
         for service_id, vips in self.service_vips.items():
             slot = vips.pop(network_id, None)
@@ -238,7 +238,7 @@ class Allocator:
             for space, slot in new:
                 space.pool.release(slot, task.id)
             raise
-        self.task_networks[sys.intern(task.id)] = self._interned(
+        self.task_networks[sys.intern(task.id)] = self.interned(
             self.task_networks.get(task.id, frozenset()) | {a.network_id for a in out})
         return out
 
@@ -281,7 +281,7 @@ class Allocator:
             if space is not None:
                 space.release_owner(owner)
         if held:
-            self.node_networks[node.id] = self._interned(frozenset(held))
+            self.node_networks[node.id] = self.interned(frozenset(held))
         else:
             self.node_networks.pop(node.id, None)
         if list(node.attachments) == out:
@@ -304,11 +304,12 @@ class Allocator:
         for addr in attachment.addresses:
             if space.claim(addr, owner):
                 key = key or owner
-                held[key] = self._interned(held.get(key, frozenset()) | {attachment.network_id})
+                held[key] = self.interned(held.get(key, frozenset()) | {attachment.network_id})
             else:
                 log.warning("allocator: %s: address %s on network %s is taken", owner, addr,
                             attachment.network_id)
 
-    def _interned(self, networks: frozenset[str]) -> frozenset[str]:
-        """The one copy of this set of networks (see task_networks)."""
+    def interned(self, networks: frozenset[str]) -> frozenset[str]:
+        """The one copy of this set of networks (see task_networks; the allocator loop keeps
+        its own sets of a task's networks through it too)."""
         return self._sets.setdefault(networks, networks)

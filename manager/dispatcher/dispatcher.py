@@ -222,8 +222,6 @@ class Dispatcher:
                     raise InvalidArgument("a session is opened once: after its first "
                                           "message a node sends only heartbeats on it")
                 self._beat(session)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # noqa: BLE001 - the session's stream reports it
             session.failure = exc
         session.end(self.network)

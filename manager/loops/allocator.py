@@ -57,10 +57,9 @@ class AllocatorLoop:
         self._nodes: set[str] = set()
         # node id -> network id -> live tasks placed there with an address on it
         self._members: dict[str, dict[str, set[str]]] = {}
-        self._placed: dict[str, tuple[str, frozenset[str]]] = {}  # task id -> _placed_on
-        # One copy of each set of networks in _placed: a set per task (and its tuple) was
-        # 4.4 MB of a manager with 10,000 tasks (bench/scale.py, tracemalloc).
-        self._network_sets: dict[frozenset[str], frozenset[str]] = {}
+        # task id -> _placed_on, its set of networks the allocator's one copy of that set (a
+        # set per task and its tuple were 4.4 MB of a manager with 10,000 tasks: tracemalloc)
+        self._placed: dict[str, tuple[str, frozenset[str]]] = {}
         self._blocked: dict[str, str] = {}  # service id -> why its endpoint is not allocated
 
     async def run(self) -> None:
@@ -80,7 +79,6 @@ class AllocatorLoop:
         self.alloc = Allocator.rebuild(view)
         self._members.clear()
         self._placed.clear()
-        self._network_sets.clear()
         self._blocked.clear()
         self._networks = {n.id for n in view.all("network")}
         self._services = {s.id for s in view.all("service")}
@@ -132,7 +130,7 @@ class AllocatorLoop:
         if now is None:
             return
         node_id, network_ids = now
-        network_ids = self._network_sets.setdefault(network_ids, network_ids)
+        network_ids = self.alloc.interned(network_ids)
         task_id, node_id = sys.intern(task.id), sys.intern(node_id)
         self._placed[task_id] = node_id, network_ids
         for network_id in network_ids:
