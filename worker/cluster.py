@@ -400,7 +400,7 @@ class ClusterHost:
                            remotes=remotes,
                            on_tasks_changed=lb_sync.update, before_report=lb_sync.settled,
                            on_network_state=on_network_state)
-        self._agent_run = asyncio.create_task(self.agent.run(), name="agent")
+        self._agent_run = asyncio.create_task(self.agent.serve(), name="agent")
 
     # ---- certificate renewal ---------------------------------------------------------------
 

@@ -201,7 +201,8 @@ class SimNode:
                         raise
                     self.network_messages += 1
         except asyncio.CancelledError:
-            helpers.failed()
+            if (cause := await helpers.cause()) is not None:
+                raise cause from None
             raise
         finally:
             helpers.stop()

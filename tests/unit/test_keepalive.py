@@ -340,3 +340,132 @@ def test_a_manager_that_cannot_be_reached_is_reported_with_the_call_s_status(
 class _Stub:
     def __init__(self, session: Any) -> None:
         self.Session = session  # noqa: N815 - gRPC's name
+
+
+class HungCall:
+    """A session's call to a manager cut off mid-session (a partition), at the worst
+    moment for the node: its opening is answered, then no write is ever taken. Cancelling a
+    write cancels the call (grpc.aio's `_write` does so), and the stream's reader hears of
+    that cancellation before anything else runs, as it may through gRPC's completion
+    queue."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def write(self, message: cpb.SessionUp) -> None:
+        self.writes += 1
+        if self.writes == 1:
+            return  # the session's opening message
+        try:
+            await asyncio.Event().wait()  # the link is down: the write hangs
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+
+    def cancel(self) -> bool:
+        self._ended.cancel()
+        return True
+
+    def done(self) -> bool:
+        return self._ended.done()
+
+    def __aiter__(self) -> Any:
+        return self._messages()
+
+    async def _messages(self) -> Any:
+        yield cpb.SessionMessage(session_id="h1", heartbeat_period_ms=PERIOD_MS)
+        await self._ended  # grpc.aio's reader raises CancelledError for a cancelled call
+
+
+class HungChannel:
+    """A channel whose every Session call is a new HungCall."""
+
+    def __init__(self, calls: list[HungCall]) -> None:
+        self.calls = calls
+
+    def _session(self) -> HungCall:
+        self.calls.append(HungCall())
+        return self.calls[-1]
+
+    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return self._session
+
+    def unary_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+    async def close(self, grace: float | None = None) -> None:
+        pass
+
+
+@pytest.mark.parametrize("kind", ["agent", "sim"])
+def test_a_session_given_up_during_a_hung_write_ends_in_its_error(kind: str) -> None:
+    """The heartbeats give a silent manager up while a heartbeat write hangs: cancelling
+    that write cancels the call, and the reader may see the cancellation before the
+    heartbeats' error is on record. The session must still end in that error, not in a
+    bare CancelledError: the node's loop would take that for its own cancellation and
+    stop for good (a lab node stayed DOWN after its leader was partitioned and healed)."""
+    async def body() -> None:
+        calls: list[HungCall] = []
+        channel = HungChannel(calls)
+        stub: Any = cpb_grpc.DispatcherStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            if kind == "agent":
+                await agent("unused")._session(stub)
+            else:
+                await sim("unused")._session(stub, stub.Session)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "no word from the manager" in str(caught.value.details())
+        assert calls[0].writes >= 2  # the opening, then the heartbeat that hung
+
+    asyncio.run(asyncio.wait_for(body(), 10))
+
+
+@pytest.mark.parametrize("kind", ["agent", "sim"])
+def test_a_node_whose_session_was_given_up_opens_another(kind: str) -> None:
+    async def body() -> None:
+        calls: list[HungCall] = []
+        node: Any
+        if kind == "agent":
+            node = Agent(engine=NoContainers(), watcher=None,  # type: ignore[arg-type]
+                         node_id="n1", channel_factory=lambda _: HungChannel(calls))
+            runner = asyncio.create_task(node.run())
+        else:
+            node = sim("unused")
+            node.certs.channel = lambda _: HungChannel(calls)
+            runner = asyncio.create_task(node._loop())
+        try:
+            await until(lambda: len(calls) >= 2 or runner.done(), timeout=8)
+            assert not runner.done(), "the node's session loop ended"
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+
+    asyncio.run(body())
+
+
+def test_an_agent_whose_loop_stops_is_started_again() -> None:
+    """Whatever ends the agent's loop but the node's own stop (a bug, a cancellation that
+    was not the node's), it is said and the loop runs again: a node whose agent stopped
+    stays DOWN, silently."""
+    async def body() -> None:
+        node = agent("unused")
+        runs: list[str] = []
+
+        async def run() -> None:
+            runs.append("run")
+            if len(runs) == 1:
+                raise asyncio.CancelledError  # not the serving task's cancellation
+            if len(runs) == 2:
+                raise RuntimeError("a bug")
+            await asyncio.Event().wait()
+
+        node.run = run  # type: ignore[method-assign]
+        serving = asyncio.create_task(node.serve(pause=0.01))
+        await until(lambda: len(runs) == 3)
+        assert not serving.done()
+        serving.cancel()  # the node's own stop ends it
+        await asyncio.gather(serving, return_exceptions=True)
+        assert serving.cancelled()
+
+    asyncio.run(asyncio.wait_for(body(), 10))

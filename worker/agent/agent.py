@@ -36,6 +36,7 @@ from pyswarm.worker.agent.controller import Report, TaskController
 from pyswarm.worker.agent.keepalive import (
     Helpers,
     Outbox,
+    being_cancelled,
     open_session,
     send_heartbeats,
     send_reports,
@@ -97,6 +98,24 @@ class Agent:
         self._cleanups: set[asyncio.Task[None]] = set()
 
     # ---- session -------------------------------------------------------------------------
+
+    async def serve(self, pause: float = BACKOFF_MAX) -> None:
+        """run(), started again after `pause` should it ever end other than by this task's
+        own cancellation (the node stops): an agent that stopped would leave its node DOWN
+        for good, and say nothing."""
+        while True:
+            try:
+                await self.run()
+                why = "it returned"
+            except asyncio.CancelledError:
+                if being_cancelled():
+                    raise
+                why = "a cancellation the node did not ask for"
+            except Exception as exc:  # noqa: BLE001 - said, and the loop runs again
+                why = repr(exc)
+            print(f"pyswarm agent: the session loop stopped ({why}); starting it again",
+                  flush=True)
+            await asyncio.sleep(pause)
 
     async def run(self) -> None:
         backoff = BACKOFF_MIN
@@ -170,7 +189,8 @@ class Agent:
                     if self.on_network_state is not None:
                         self.on_network_state(state)
         except asyncio.CancelledError:
-            helpers.failed()  # a heartbeat or report failed for good: reconnect
+            if (cause := await helpers.cause()) is not None:
+                raise cause from None  # a heartbeat or report failed for good: reconnect
             raise
         finally:
             helpers.stop()

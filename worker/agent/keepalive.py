@@ -23,7 +23,9 @@ Policy:
 - A status report's other errors end the session (NOT_FOUND: the manager no longer knows
   it), and the node opens a new one at once. `Helpers` does that: the first helper to
   fail cancels the session's stream, and the stream's reader raises the helper's error
-  instead of the cancellation (`Helpers.failed`).
+  instead of the cancellation (`Helpers.cause`). A cancellation of the stream that the
+  reader's own task did not ask for never leaves the session as a CancelledError: the
+  node's loop would take it for its own and stop for good.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ RETRY = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABL
 RETRY_MIN, RETRY_MAX = 0.05, 1.0  # seconds between attempts (doubling)
 GIVE_UP_PERIODS = 10  # heartbeat periods without a word from the manager: session given up
 REPORT_BATCH = 0.02  # seconds: status changes within this window go in one request
+SETTLE = 1.0  # seconds a stream's reader waits for a failing helper's error (Helpers)
 
 
 async def retrying(send: Callable[[], Awaitable[T]]) -> T:
@@ -61,7 +64,7 @@ async def retrying(send: Callable[[], Awaitable[T]]) -> T:
         try:
             return await send()
         except grpc.aio.AioRpcError as exc:
-            if _cancelled():
+            if being_cancelled():
                 raise asyncio.CancelledError from exc  # not the call's failure: ours
             if exc.code() not in RETRY:
                 raise
@@ -69,7 +72,7 @@ async def retrying(send: Callable[[], Awaitable[T]]) -> T:
         pause = min(pause * 2, RETRY_MAX)
 
 
-def _cancelled() -> bool:
+def being_cancelled() -> bool:
     """Whether the current task is being cancelled (gRPC may turn the cancellation of a
     task awaiting a unary call into that call's CANCELLED error)."""
     task = asyncio.current_task()
@@ -80,7 +83,7 @@ class Helpers:
     """The background tasks of one session; the first of them to fail ends the session.
 
     Use: `start()` them when the session begins, `stop()` in the reader's `finally`, and in
-    its `except asyncio.CancelledError` call `failed()` before re-raising.
+    its `except asyncio.CancelledError` raise `await cause()` unless it is None.
     """
 
     def __init__(self, call: Any) -> None:
@@ -107,12 +110,24 @@ class Helpers:
             self.failure = task.exception()
             self._call.cancel()  # the reader's `async for` ends with CancelledError
 
-    def failed(self) -> None:
-        """Raise the helper's error if it is why the stream was cancelled (and not a
-        cancellation of the reader itself)."""
-        current = asyncio.current_task()
-        if self.failure is not None and (current is None or current.cancelling() == 0):
-            raise self.failure
+    async def cause(self) -> BaseException | None:
+        """Why the session's stream was cancelled, for its reader: None when the reader's
+        own task is being cancelled (the node stops), else the error of the helper that
+        failed, or CANCELLED if none did.
+
+        The helper's error may not be on record yet: gRPC cancels the call itself when a
+        write is cancelled (grpc.aio's `_write`), so heartbeats given up during a write
+        that hangs (a partition) cancel the stream before they have finished, and the
+        reader can hear of it first. The helpers get a moment to finish."""
+        if being_cancelled():
+            return None
+        if self.failure is None:
+            running = [t for t in self._tasks if not t.done()]
+            if running:
+                await asyncio.wait(running, timeout=SETTLE)
+        return self.failure or grpc.aio.AioRpcError(
+            grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(),
+            "the session's stream was cancelled")
 
 
 async def open_session(call: Any, request: cpb.SessionRequest) -> None:
