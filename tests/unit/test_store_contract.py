@@ -426,6 +426,90 @@ def test_batch_splits_past_the_backend_limit_only_when_asked(place: Place) -> No
     run(body())
 
 
+def _held_answers(backend: Backend, fail_call: int = 0) -> dict[str, int]:
+    """Wrap backend.commit: each commit is made at once, but its answer is held back, the
+    first one longest (so answers come back out of revision order); call `fail_call` (from
+    1) fails with a conflict instead. Returns live counters: calls, most commits in flight."""
+    seen = {"calls": 0, "in_flight": 0, "most": 0}
+    commit = backend.commit
+
+    async def held(ops: list[Any], fence: Any = None) -> int:
+        seen["calls"] += 1
+        call = seen["calls"]
+        seen["in_flight"] += 1
+        seen["most"] = max(seen["most"], seen["in_flight"])
+        try:
+            if call == fail_call:
+                await asyncio.sleep(0.01)
+                raise VersionConflict("injected", kind="task", id=ops[0].id)
+            revision = await commit(ops, fence)
+            await asyncio.sleep(0.05 if call == 1 else 0.01)
+            return revision
+        finally:
+            seen["in_flight"] -= 1
+
+    backend.commit = held  # type: ignore[method-assign]
+    return seen
+
+
+def test_a_split_batch_sends_its_commits_together_and_publishes_them_in_order(
+        place: Place) -> None:
+    async def body() -> None:
+        backend = place.backend()
+        store = await Store.open(backend)
+        backend.max_ops = 100
+        watch = store.watch({"task"})
+        seen = _held_answers(backend)
+        await store.batch(lambda tx: [tx.create(task(f"t{i:03}")) for i in range(450)])
+        assert seen["calls"] == 5 and seen["most"] > 1, seen
+        items = await drain(watch, 5)
+        revisions = [i.revision for i in items if isinstance(i, Commit)]
+        assert revisions == sorted(revisions), "watchers see commits in revision order"
+        # every event is published with its own commit, stamped with its revision
+        events: list[Event] = []
+        for item in items:
+            if isinstance(item, Commit):
+                assert {e.obj.meta.version for e in events} == {item.revision}
+                events = []
+            else:
+                events.append(item)
+        assert len(store.view().all("task")) == 450
+        await store.close()
+
+    run(body())
+
+
+def test_a_split_batch_keeps_the_commits_that_landed_when_one_conflicts(
+        place: Place) -> None:
+    """A chunk's conflict fails the batch; the chunks that landed are in the view as in the
+    backend (nothing lost, nothing the view does not know), and a retry writes the rest."""
+    async def body() -> None:
+        backend = place.backend()
+        store = await Store.open(backend)
+        backend.max_ops = 100
+        seen = _held_answers(backend, fail_call=2)
+
+        def missing(tx: WriteTx) -> None:
+            for i in range(450):
+                if tx.get("task", f"t{i:03}") is None:
+                    tx.create(task(f"t{i:03}"))
+
+        with pytest.raises(VersionConflict):
+            await store.batch(missing)
+        landed = {t.id for t in store.view().all("task")}
+        assert len(landed) == 350, "the four chunks that did not conflict"
+        assert f"t{100:03}" not in landed  # the second chunk's first task
+        again = await Store.open(place.backend())  # what the backend itself holds
+        assert {t.id for t in again.view().all("task")} == landed
+        await again.close()
+        seen["calls"] = 100  # no more injected conflicts
+        await store.batch(missing, retries=1)
+        assert len(store.view().all("task")) == 450
+        await store.close()
+
+    run(body())
+
+
 # ---- open_backend -------------------------------------------------------------------------
 
 
