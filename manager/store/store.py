@@ -201,20 +201,28 @@ class Store:
                 "commit; split the work or use Store.batch()"
             )
         # Chunks are independent commits: COMMITS_IN_FLIGHT of them go out together, and
-        # those that landed are applied in the order of their revisions.
+        # those that landed are applied in the order of their revisions. Once one has
+        # failed, those not sent yet are not sent (as when they went one at a time): a
+        # store that is down fails the write once, not once per chunk.
         chunks = [writes[i : i + limit] for i in range(0, len(writes), limit)]
         gate = asyncio.Semaphore(COMMITS_IN_FLIGHT)
+        failures: list[BaseException] = []
 
-        async def send(chunk: list[Write]) -> int:
+        async def send(chunk: list[Write]) -> int | None:
             async with gate:
-                return await self._send(chunk, fence)
+                if failures:
+                    return None
+                try:
+                    return await self._send(chunk, fence)
+                except Exception as exc:
+                    failures.append(exc)
+                    raise
 
         results = await asyncio.gather(*(send(c) for c in chunks), return_exceptions=True)
         landed = sorted(((r, c) for r, c in zip(results, chunks, strict=True)
                          if isinstance(r, int)), key=lambda rc: rc[0])
         for revision, chunk in landed:
             self._applied(chunk, revision)
-        failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             raise _first_failure(failures)
 

@@ -31,6 +31,7 @@ from pyswarm.manager.store import (
     WriteTx,
     open_backend,
 )
+from pyswarm.manager.store.store import COMMITS_IN_FLIGHT
 from pyswarm.proto.objects_pb2 import Cluster, Node, Service, Task
 from tests.etcd_fixtures import MAX_TXN_OPS, etcd_server  # noqa: F401 - a fixture
 
@@ -505,6 +506,23 @@ def test_a_split_batch_keeps_the_commits_that_landed_when_one_conflicts(
         seen["calls"] = 100  # no more injected conflicts
         await store.batch(missing, retries=1)
         assert len(store.view().all("task")) == 450
+        await store.close()
+
+    run(body())
+
+
+def test_a_split_batch_sends_no_more_commits_once_one_failed(place: Place) -> None:
+    """A store that is down fails the write once, not once per chunk: after a failure the
+    chunks not sent yet stay unsent (those already in flight may land)."""
+    async def body() -> None:
+        backend = place.backend()
+        store = await Store.open(backend)
+        backend.max_ops = 100
+        seen = _held_answers(backend, fail_call=1)
+        with pytest.raises(VersionConflict):
+            await store.batch(lambda tx: [tx.create(task(f"t{i:04}")) for i in range(2000)])
+        assert seen["calls"] == COMMITS_IN_FLIGHT, "twenty chunks, only the first wave sent"
+        assert len(store.view().all("task")) == 100 * (COMMITS_IN_FLIGHT - 1)
         await store.close()
 
     run(body())
