@@ -490,6 +490,7 @@ def main() -> int:
         for nodes in sizes:
             tasks = max(1, round(args.tasks * nodes / largest))
             index += 1
+            result: dict[str, Any]
             try:
                 result = asyncio.run(run_one(store, nodes, tasks, args, index))
             except Exception as exc:  # noqa: BLE001 - one size failing is a result too
