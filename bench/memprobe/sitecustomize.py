@@ -33,6 +33,7 @@ if _OUT and sys.argv[1:2] == ["daemon"]:
     import collections
     import ctypes
     import gc
+    import itertools
     import signal
     import time
     import tracemalloc
@@ -52,7 +53,7 @@ if _OUT and sys.argv[1:2] == ["daemon"]:
     _libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
     _libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
     _libc.fclose.argtypes = [ctypes.c_void_p]
-    _reports: list[None] = []
+    _reports = itertools.count(1)  # the number of each malloc_info report
 
     def _status() -> dict[str, str]:
         with open("/proc/self/status") as f:
@@ -74,14 +75,14 @@ if _OUT and sys.argv[1:2] == ["daemon"]:
             for stat in tracemalloc.take_snapshot().statistics("lineno")[:25]:
                 lines.append(f"  {stat.size >> 10}KB n={stat.count} {stat.traceback}")
         if os.environ.get("PYSWARM_MEMPROBE_INFO"):
-            _reports.append(None)
-            path = f"{_OUT}.{os.getpid()}.{len(_reports)}.xml".encode()
+            base = f"{_OUT}.{os.getpid()}.{next(_reports)}"
+            path = f"{base}.xml".encode()
             stream = _libc.fopen(path, b"w")
             _libc.malloc_info(0, stream)
             _libc.fclose(stream)
             lines.append(f"malloc_info: {path.decode()}")
             saved = os.dup(2)
-            with open(f"{_OUT}.{os.getpid()}.{len(_reports)}.pymalloc", "w") as f:
+            with open(f"{base}.pymalloc", "w") as f:
                 os.dup2(f.fileno(), 2)
                 try:
                     sys._debugmallocstats()
